@@ -1,0 +1,79 @@
+"""Backend registry: which backends exist here, why the others do not, and `auto` selection.
+
+Every backend takes a Checkpoint and the plan and hands out Sessions; a Session owns one KV cache and
+runs `forward(tokens, all_logits)` appending tokens at its position. Nothing here prints.
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import BackendUnavailableError
+
+NAMES = ("numpy", "cpu", "cuda")
+
+
+def _probe_cpu():
+    try:
+        from .. import _cpu  # noqa: F401
+    except ImportError as e:
+        return None, f"compiled module tinygpt._cpu did not import ({e}); reinstall with a C++ compiler"
+    return _cpu, None
+
+
+def _probe_cuda():
+    try:
+        from .. import _cuda
+    except ImportError as e:
+        return None, f"compiled module tinygpt._cuda is not built ({e}); it is built when nvcc is found " \
+                     "at install time (TINYGPT_CUDA=ON to require it)"
+    try:
+        n, msg = _cuda.device_count()
+    except Exception as e:  # a broken driver must not break import of tinygpt
+        return None, f"CUDA runtime error: {e}"
+    if n <= 0:
+        return None, f"no CUDA device ({msg})"
+    return _cuda, None
+
+
+def status() -> dict[str, tuple[bool, str]]:
+    """{name: (available, reason or detail)} for `tinygpt info`."""
+    out = {"numpy": (True, "always available")}
+    mod, why = _probe_cpu()
+    out["cpu"] = (True, mod.build_info()["isa"]) if mod else (False, why)
+    mod, why = _probe_cuda()
+    out["cuda"] = (True, mod.device_name(0)) if mod else (False, why)
+    return out
+
+
+def available() -> list[str]:
+    return [n for n, (ok, _) in status().items() if ok]
+
+
+def resolve(name: str | None) -> str:
+    """'auto' (or None / $TINYGPT_BACKEND) -> cuda if present, else cpu, else numpy. An explicit name that
+    is unavailable raises BackendUnavailableError instead of falling back silently."""
+    name = name or os.environ.get("TINYGPT_BACKEND") or "auto"
+    if name not in NAMES + ("auto",):
+        raise BackendUnavailableError(f"unknown backend {name!r}; choose auto, numpy, cpu or cuda")
+    st = status()
+    if name == "auto":
+        for n in ("cuda", "cpu", "numpy"):
+            if st[n][0]:
+                return n
+    ok, why = st[name]
+    if not ok:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {why}")
+    return name
+
+
+def create(name: str, checkpoint, plan, weight_names, threads: int | None = None):
+    if name == "numpy":
+        from .numpy_backend import NumpyBackend
+        return NumpyBackend(checkpoint, plan, weight_names)
+    if name == "cpu":
+        from .cpu_backend import CpuBackend
+        return CpuBackend(checkpoint, plan, weight_names, threads)
+    if name == "cuda":
+        from .cuda_backend import CudaBackend
+        return CudaBackend(checkpoint, plan, weight_names)
+    raise BackendUnavailableError(f"unknown backend {name!r}")

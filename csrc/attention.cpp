@@ -1,0 +1,110 @@
+// Causal multi-head attention over the KV cache for one ISA level, prefill and single-token decode alike.
+// KV cache layout per layer: k_cache/v_cache[H, n_ctx, hd] (a head's keys contiguous). Each (head, query)
+// pair is one task: scores for keys 0..pos, softmax, weighted sum of values; memory O(n_ctx) per thread,
+// never a T x T matrix.
+#include <omp.h>
+
+#include <cstdlib>
+#include <new>
+
+#include "simd.h"
+
+namespace TG_ISA_NS {
+
+static inline float dot(const float* a, const float* b, int n) {
+    const int nv = n - n % VW;
+    V acc = vzero();
+    for (int i = 0; i < nv; i += VW) acc = vfma(vload(a + i), vload(b + i), acc);
+    float s = vsum(acc);
+    for (int i = nv; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// 4 keys at once: one pass over q, four independent accumulators.
+static inline void dot4(float* s, const float* q, const float* k0, int hd, int n) {
+    const int nv = n - n % VW;
+    const float *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
+    V a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+    for (int i = 0; i < nv; i += VW) {
+        V qv = vload(q + i);
+        a0 = vfma(qv, vload(k0 + i), a0);
+        a1 = vfma(qv, vload(k1 + i), a1);
+        a2 = vfma(qv, vload(k2 + i), a2);
+        a3 = vfma(qv, vload(k3 + i), a3);
+    }
+    s[0] = vsum(a0), s[1] = vsum(a1), s[2] = vsum(a2), s[3] = vsum(a3);
+    for (int i = nv; i < n; i++) {
+        s[0] += q[i] * k0[i], s[1] += q[i] * k1[i], s[2] += q[i] * k2[i], s[3] += q[i] * k3[i];
+    }
+}
+
+void attention(float* out /*[T,C]*/, const float* qkv /*[T,3C]*/, float* k_cache /*[H,n_ctx,hd]*/,
+               float* v_cache /*[H,n_ctx,hd]*/, int T, int pos0, int H, int hd, int n_ctx) {
+    const int C = H * hd;
+    const int nt = tg::num_threads();
+    for (int t = 0; t < T; t++) {
+        const float* row = qkv + (int64_t)t * 3 * C;
+        for (int h = 0; h < H; h++) {
+            float* kd = k_cache + ((int64_t)h * n_ctx + pos0 + t) * hd;
+            float* vd = v_cache + ((int64_t)h * n_ctx + pos0 + t) * hd;
+            for (int i = 0; i < hd; i++) kd[i] = row[C + h * hd + i], vd[i] = row[2 * C + h * hd + i];
+        }
+    }
+    const int L_max = pos0 + T;
+    // per thread: scores[L_max] + acc[hd]
+    const size_t per_thread = (size_t)L_max + hd + VW;
+    float* scratch = (float*)std::malloc(per_thread * nt * sizeof(float));
+    if (!scratch) throw std::bad_alloc();
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const int tasks = H * T;
+#pragma omp parallel num_threads(nt)
+    {
+        float* sc = scratch + per_thread * omp_get_thread_num();
+        float* acc = sc + L_max;
+#pragma omp for schedule(dynamic, 4)
+        for (int task = 0; task < tasks; task++) {
+            const int h = task % H, t = task / H;
+            const int L = pos0 + t + 1;  // keys visible to this query
+            const float* q = qkv + (int64_t)t * 3 * C + h * hd;
+            const float* K = k_cache + (int64_t)h * n_ctx * hd;
+            const float* Vc = v_cache + (int64_t)h * n_ctx * hd;
+            int j = 0;
+            for (; j + 4 <= L; j += 4) dot4(sc + j, q, K + (int64_t)j * hd, hd, hd);
+            for (; j < L; j++) sc[j] = dot(q, K + (int64_t)j * hd, hd);
+            const int Lv = L - L % VW;
+            V vs = vset1(scale), vmx = vset1(-3.0e38f);
+            for (int i = 0; i < Lv; i += VW) vstore(sc + i, vmul(vload(sc + i), vs)), vmx = vmax(vmx, vload(sc + i));
+            float mx = vhmax(vmx);
+            for (int i = Lv; i < L; i++) sc[i] *= scale, mx = sc[i] > mx ? sc[i] : mx;
+            V vsum_ = vzero(), vmv = vset1(mx);
+            for (int i = 0; i < Lv; i += VW) {
+                V e = vexp(vsub(vload(sc + i), vmv));
+                vstore(sc + i, e);
+                vsum_ = vadd(vsum_, e);
+            }
+            float sum = vsum(vsum_);
+            for (int i = Lv; i < L; i++) {
+                V e = vexp(vset1(sc[i] - mx));
+                float ev;
+                std::memcpy(&ev, &e, sizeof(float));
+                sc[i] = ev;
+                sum += ev;
+            }
+            const float inv = 1.0f / sum;
+            const int hv = hd - hd % VW;
+            for (int i = 0; i < hd; i++) acc[i] = 0.0f;
+            for (int jj = 0; jj < L; jj++) {
+                const float p = sc[jj];
+                const float* vr = Vc + (int64_t)jj * hd;
+                V pv = vset1(p);
+                for (int i = 0; i < hv; i += VW) vstore(acc + i, vfma(pv, vload(vr + i), vload(acc + i)));
+                for (int i = hv; i < hd; i++) acc[i] += p * vr[i];
+            }
+            float* o = out + (int64_t)t * C + h * hd;
+            for (int i = 0; i < hd; i++) o[i] = acc[i] * inv;
+        }
+    }
+    std::free(scratch);
+}
+
+}  // namespace TG_ISA_NS

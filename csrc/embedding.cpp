@@ -1,0 +1,28 @@
+// Token + position embedding for one ISA level: out[T,C] = wte[tokens[t]] + wpe[pos0 + t] (wte may be f16/bf16).
+#include "simd.h"
+
+namespace TG_ISA_NS {
+
+template <typename WT>
+static void embed_t(float* out, const int32_t* tokens, const WT* wte, const float* wpe, int T, int C, int pos0) {
+    const int cv = C - C % VW;
+    for (int t = 0; t < T; t++) {
+        const WT* e = wte + (int64_t)tokens[t] * C;
+        const float* p = wpe + (int64_t)(pos0 + t) * C;
+        float* o = out + (int64_t)t * C;
+        for (int c = 0; c < cv; c += VW) vstore(o + c, vadd(vload_w(e + c), vload(p + c)));
+        for (int c = cv; c < C; c++) o[c] = sload_w(e + c) + p[c];
+    }
+}
+
+void embedding(float* out /*[T,C]*/, const int32_t* tokens /*[T]*/, const void* wte /*[V,C]*/,
+               const float* wpe /*[n_ctx,C]*/, int T, int C, int pos0, int wdtype) {
+    if (wdtype == tg::F32)
+        embed_t(out, tokens, (const float*)wte, wpe, T, C, pos0);
+    else if (wdtype == tg::F16)
+        embed_t(out, tokens, (const f16_t*)wte, wpe, T, C, pos0);
+    else
+        embed_t(out, tokens, (const bf16_t*)wte, wpe, T, C, pos0);
+}
+
+}  // namespace TG_ISA_NS

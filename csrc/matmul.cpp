@@ -1,0 +1,196 @@
+// Linear layer kernels for one ISA level: out[M,N] (+)= act(inp[M,K] . W[N,K]^T + b[N]).
+// M == 1 (decode): GEMV, rows of W split across threads, 4 rows streamed at once; memory-bound.
+// M > 1 (prefill): each thread owns a contiguous range of NR-column panels; W panels are packed (and widened
+// from f16/bf16) into a KC x NR block and a MR x NR register tile runs over it; compute-bound.
+#include <omp.h>
+
+#include <cstdlib>
+#include <new>
+
+#include "simd.h"
+
+namespace TG_ISA_NS {
+
+namespace {
+
+constexpr int KC = 256;     // k-block: a packed panel is KC x NR floats (32 KB with AVX-512)
+constexpr int NR = 2 * VW;  // panel width: two vectors
+constexpr int MR = 6;       // register tile rows: MR x 2 accumulators + 2 B vectors + 1 broadcast
+
+inline float epilogue(float acc, const float* b, int n, int flags) {
+    if (b) acc += b[n];
+    if (flags & tg::GELU) acc = sgelu(acc);
+    return acc;
+}
+
+// ---- GEMV (M == 1) ------------------------------------------------------------------------------
+template <typename WT>
+void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, const float* b /*[N]*/, int N, int K,
+          int flags) {
+    const int nblocks = (N + 3) / 4;
+    const int kv = K - K % VW;
+#pragma omp parallel for schedule(static) num_threads(tg::num_threads())
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int n0 = blk * 4, rows = imin(4, N - n0);
+        float res[4] = {0, 0, 0, 0};
+        if (rows == 4) {
+            const WT *w0 = W + (int64_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+            V a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+            for (int k = 0; k < kv; k += VW) {
+                V xv = vload(x + k);
+                a0 = vfma(vload_w(w0 + k), xv, a0);
+                a1 = vfma(vload_w(w1 + k), xv, a1);
+                a2 = vfma(vload_w(w2 + k), xv, a2);
+                a3 = vfma(vload_w(w3 + k), xv, a3);
+            }
+            res[0] = vsum(a0), res[1] = vsum(a1), res[2] = vsum(a2), res[3] = vsum(a3);
+            for (int k = kv; k < K; k++) {
+                res[0] += sload_w(w0 + k) * x[k];
+                res[1] += sload_w(w1 + k) * x[k];
+                res[2] += sload_w(w2 + k) * x[k];
+                res[3] += sload_w(w3 + k) * x[k];
+            }
+        } else {
+            for (int r = 0; r < rows; r++) {
+                const WT* w = W + (int64_t)(n0 + r) * K;
+                V a = vzero();
+                for (int k = 0; k < kv; k += VW) a = vfma(vload_w(w + k), vload(x + k), a);
+                float s = vsum(a);
+                for (int k = kv; k < K; k++) s += sload_w(w + k) * x[k];
+                res[r] = s;
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            float y = epilogue(res[r], b, n0 + r, flags);
+            out[n0 + r] = (flags & tg::ACCUM) ? out[n0 + r] + y : y;
+        }
+    }
+}
+
+// ---- GEMM (M > 1) -------------------------------------------------------------------------------
+template <typename WT>
+void pack_panel(float* Bp /*[kc, NR]*/, const WT* W /*[N,K]*/, int n0, int ncols, int k0, int kc, int K) {
+    for (int j = 0; j < ncols; j++) {
+        const WT* row = W + (int64_t)(n0 + j) * K + k0;
+        for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = sload_w(row + kk);
+    }
+    for (int j = ncols; j < NR; j++)
+        for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = 0.0f;
+}
+
+// C[MRt, NR] (+)= A[MRt, kc] . Bp[kc, NR]; C row stride ldc, A row stride lda.
+template <int MRt>
+inline void micro(float* C, int ldc, const float* A, int lda, const float* Bp, int kc, bool add) {
+    V acc0[MRt], acc1[MRt];
+    for (int i = 0; i < MRt; i++) acc0[i] = vzero(), acc1[i] = vzero();
+    for (int kk = 0; kk < kc; kk++) {
+        V b0 = vload(Bp + kk * NR), b1 = vload(Bp + kk * NR + VW);
+        for (int i = 0; i < MRt; i++) {
+            V a = vset1(A[(int64_t)i * lda + kk]);
+            acc0[i] = vfma(a, b0, acc0[i]);
+            acc1[i] = vfma(a, b1, acc1[i]);
+        }
+    }
+    for (int i = 0; i < MRt; i++) {
+        float* c = C + (int64_t)i * ldc;
+        if (add) acc0[i] = vadd(acc0[i], vload(c)), acc1[i] = vadd(acc1[i], vload(c + VW));
+        vstore(c, acc0[i]);
+        vstore(c + VW, acc1[i]);
+    }
+}
+
+inline void micro_any(int mr, float* C, int ldc, const float* A, int lda, const float* Bp, int kc, bool add) {
+    switch (mr) {
+        case 6: micro<6>(C, ldc, A, lda, Bp, kc, add); break;
+        case 5: micro<5>(C, ldc, A, lda, Bp, kc, add); break;
+        case 4: micro<4>(C, ldc, A, lda, Bp, kc, add); break;
+        case 3: micro<3>(C, ldc, A, lda, Bp, kc, add); break;
+        case 2: micro<2>(C, ldc, A, lda, Bp, kc, add); break;
+        default: micro<1>(C, ldc, A, lda, Bp, kc, add); break;
+    }
+}
+
+template <typename WT>
+void gemm(float* out /*[M,N]*/, const float* A /*[M,K]*/, const WT* W /*[N,K]*/, const float* b /*[N]*/, int M,
+          int N, int K, int flags) {
+    const int npanels = (N + NR - 1) / NR;
+    const int nt = imin(tg::num_threads(), npanels);
+    // Each thread accumulates its panels in a private [M, NR * panels] tile, then applies the epilogue.
+    // Scratch is allocated here, outside the parallel region, so a failure can throw.
+    const int max_width = ((npanels + nt - 1) / nt) * NR;
+    const size_t per_thread = (size_t)M * max_width + (size_t)KC * NR;
+    float* scratch = (float*)std::malloc(per_thread * nt * sizeof(float));
+    if (!scratch) throw std::bad_alloc();
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int p0 = (int)((int64_t)npanels * tid / nth), p1 = (int)((int64_t)npanels * (tid + 1) / nth);
+        const int width = (p1 - p0) * NR;
+        float* Cbuf = scratch + per_thread * tid;
+        float* Bp = Cbuf + (size_t)M * max_width;
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            const int kc = imin(KC, K - k0);
+            for (int p = p0; p < p1; p++) {
+                const int n0 = p * NR, ncols = imin(NR, N - n0);
+                pack_panel(Bp, W, n0, ncols, k0, kc, K);
+                float* C = Cbuf + (p - p0) * NR;
+                for (int m0 = 0; m0 < M; m0 += MR)
+                    micro_any(imin(MR, M - m0), C + (int64_t)m0 * width, width, A + (int64_t)m0 * K + k0, K, Bp,
+                              kc, k0 > 0);
+            }
+        }
+        for (int m = 0; m < M; m++) {
+            const float* c = Cbuf + (int64_t)m * width;
+            float* o = out + (int64_t)m * N;
+            const int nbeg = p0 * NR, nend = imin(N, p1 * NR);
+            if (!(flags & tg::GELU) && b && nend - nbeg >= VW) {
+                int n = nbeg;
+                for (; n + VW <= nend; n += VW) {
+                    V y = vadd(vload(c + (n - nbeg)), vload(b + n));
+                    vstore(o + n, (flags & tg::ACCUM) ? vadd(vload(o + n), y) : y);
+                }
+                for (; n < nend; n++) {
+                    float y = c[n - nbeg] + b[n];
+                    o[n] = (flags & tg::ACCUM) ? o[n] + y : y;
+                }
+            } else if ((flags & tg::GELU) && !(flags & tg::ACCUM)) {
+                int n = nbeg;
+                for (; n + VW <= nend; n += VW) {
+                    V y = vload(c + (n - nbeg));
+                    if (b) y = vadd(y, vload(b + n));
+                    vstore(o + n, vgelu(y));
+                }
+                for (; n < nend; n++) o[n] = epilogue(c[n - nbeg], b, n, flags);
+            } else {
+                for (int n = nbeg; n < nend; n++) {
+                    float y = epilogue(c[n - nbeg], b, n, flags);
+                    o[n] = (flags & tg::ACCUM) ? o[n] + y : y;
+                }
+            }
+        }
+    }
+    std::free(scratch);
+}
+
+template <typename WT>
+void matmul_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags) {
+    if (M == 1)
+        gemv(out, inp, w, b, N, K, flags);
+    else
+        gemm(out, inp, w, b, M, N, K, flags);
+}
+
+}  // namespace
+
+void matmul(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void* w /*[N,K]*/, const float* b /*[N]*/, int M,
+            int N, int K, int wdtype, int flags) {
+    if (M <= 0 || N <= 0) return;
+    if (wdtype == tg::F32)
+        matmul_t(out, inp, (const float*)w, b, M, N, K, flags);
+    else if (wdtype == tg::F16)
+        matmul_t(out, inp, (const f16_t*)w, b, M, N, K, flags);
+    else
+        matmul_t(out, inp, (const bf16_t*)w, b, M, N, K, flags);
+}
+
+}  // namespace TG_ISA_NS

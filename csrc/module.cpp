@@ -1,0 +1,239 @@
+// pybind11 bindings of the CPU backend (tinygpt._cpu): the plan executor plus each kernel on its own for
+// tests and benches. Shapes and dtypes are checked here with expected-vs-got messages; the GIL is released
+// around every kernel; contiguous float32 inputs are used without a copy.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <omp.h>
+
+#include <string>
+
+#include "executor.h"
+
+namespace py = pybind11;
+using namespace tg;
+
+using FArrIn = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using FArrOut = py::array_t<float, py::array::c_style>;  // no forcecast: must be float32 C-contiguous to be written
+
+static std::string shape_str(const py::array& a) {
+    std::string s = "[";
+    for (py::ssize_t i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + "]";
+}
+
+static void expect_shape(const py::array& a, std::initializer_list<py::ssize_t> shape, const char* name) {
+    bool ok = (py::ssize_t)shape.size() == a.ndim();
+    py::ssize_t i = 0;
+    for (auto s : shape) ok = ok && a.shape(i++) == s;
+    if (!ok) {
+        std::string want = "[";
+        i = 0;
+        for (auto s : shape) want += (i++ ? ", " : "") + std::to_string(s);
+        throw std::invalid_argument(std::string(name) + ": expected shape " + want + "], got " + shape_str(a));
+    }
+}
+
+static int dtype_code(const std::string& name) {
+    if (name == "float32") return F32;
+    if (name == "float16") return F16;
+    if (name == "bfloat16") return BF16;
+    throw std::invalid_argument("unknown weight dtype '" + name + "' (float32, float16 or bfloat16)");
+}
+
+// A weight matrix/vector: float32, float16, or bfloat16 carried as uint16; must be C-contiguous.
+static const void* weight_ptr(const py::array& a, int code, const char* name) {
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": must be C-contiguous");
+    const bool ok = (code == F32 && py::isinstance<py::array_t<float>>(a)) ||
+                    (code == F16 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
+                    (code == BF16 && a.dtype().kind() == 'u' && a.itemsize() == 2);
+    if (!ok)
+        throw std::invalid_argument(std::string(name) + ": dtype " + std::string(py::str(a.dtype())) +
+                                    " does not match weight dtype code " + std::to_string(code) +
+                                    " (float32 / float16 / bfloat16 as uint16)");
+    return a.data();
+}
+
+static const KernelTable& table_for(const std::string& isa) {
+    if (isa.empty()) return kernels();
+    const KernelTable* t = kernels_for(isa);
+    if (!t) throw std::invalid_argument("ISA level '" + isa + "' is not available on this CPU/build");
+    return *t;
+}
+
+struct PyEngine {
+    std::shared_ptr<Engine> engine;
+    std::vector<py::array> keep;  // the arrays whose memory the engine borrows
+};
+
+struct PySession {
+    std::shared_ptr<Session> s;
+    std::shared_ptr<Engine> e;
+};
+
+PYBIND11_MODULE(_cpu, m) {
+    m.doc() = "tinygpt C++/OpenMP CPU backend";
+    m.def("build_info", []() {
+        py::dict d;
+        d["isa"] = kernels().isa;
+        std::string have = "base";
+        for (const char* isa : {"avx2", "avx512"})
+            if (kernels_for(isa)) have += std::string(",") + isa;
+        d["isa_available"] = have;
+        d["threads"] = num_threads();
+        d["openmp"] = std::to_string(_OPENMP);
+#if defined(__clang__)
+        d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+        d["compiler"] = std::string("gcc ") + __VERSION__;
+#endif
+#if defined(TG_SANITIZE)
+        d["sanitize"] = true;
+#endif
+        return d;
+    });
+    m.def("isa_levels", []() {
+        std::vector<std::string> out;
+        for (const char* isa : {"base", "avx2", "avx512"})
+            if (kernels_for(isa)) out.push_back(isa);
+        return out;
+    }, "ISA levels this CPU and build can run");
+    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &num_threads);
+
+    m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype,
+                       const std::string& isa) {
+        if (inp.ndim() != 2 || w.ndim() != 2) throw std::invalid_argument("matmul: inp and w must be 2-D");
+        const py::ssize_t M = inp.shape(0), K = inp.shape(1), N = w.shape(0);
+        expect_shape(w, {N, K}, "matmul w");
+        expect_shape(out, {M, N}, "matmul out");
+        const void* wp = weight_ptr(w, dtype_code(wdtype), "matmul w");
+        FArrIn bias;
+        const float* bp = nullptr;
+        if (!b.is_none()) {
+            bias = FArrIn::ensure(b);
+            if (!bias) throw std::invalid_argument("matmul b: not convertible to float32");
+            expect_shape(bias, {N}, "matmul b");
+            bp = bias.data();
+        }
+        if ((flags & GELU) && (flags & ACCUM)) throw std::invalid_argument("matmul: GELU with ACCUM is not supported");
+        const KernelTable& k = table_for(isa);
+        float* op = out.mutable_data();
+        const float* ip = inp.data();
+        const int code = dtype_code(wdtype);
+        py::gil_scoped_release nogil;
+        k.matmul(op, ip, wp, bp, (int)M, (int)N, (int)K, code, flags);
+    }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b") = py::none(), py::arg("flags") = 0,
+       py::arg("wdtype") = "float32", py::arg("isa") = "",
+       "out[M,N] (+)= act(inp[M,K] @ w[N,K].T + b[N]); flags: 1 = GELU, 2 = accumulate");
+
+    m.def("layernorm", [](FArrOut out, FArrIn inp, FArrIn w, FArrIn b, float eps, const std::string& isa) {
+        if (inp.ndim() != 2) throw std::invalid_argument("layernorm: inp must be 2-D");
+        const py::ssize_t M = inp.shape(0), C = inp.shape(1);
+        expect_shape(out, {M, C}, "layernorm out");
+        expect_shape(w, {C}, "layernorm w");
+        expect_shape(b, {C}, "layernorm b");
+        const KernelTable& k = table_for(isa);
+        float* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        k.layernorm(op, inp.data(), w.data(), b.data(), (int)M, (int)C, eps);
+    }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b"), py::arg("eps") = 1e-5f, py::arg("isa") = "");
+
+    m.def("attention", [](FArrOut out, FArrIn qkv, FArrOut k_cache, FArrOut v_cache, int pos0, int n_head,
+                          const std::string& isa) {
+        if (qkv.ndim() != 2 || qkv.shape(1) % 3) throw std::invalid_argument("attention: qkv must be [T, 3C]");
+        const py::ssize_t T = qkv.shape(0), C = qkv.shape(1) / 3;
+        if (n_head <= 0 || C % n_head) throw std::invalid_argument("attention: C must be divisible by n_head");
+        const py::ssize_t hd = C / n_head;
+        if (k_cache.ndim() != 3) throw std::invalid_argument("attention: k_cache must be [H, n_ctx, hd]");
+        const py::ssize_t n_ctx = k_cache.shape(1);
+        expect_shape(k_cache, {n_head, n_ctx, hd}, "attention k_cache");
+        expect_shape(v_cache, {n_head, n_ctx, hd}, "attention v_cache");
+        expect_shape(out, {T, C}, "attention out");
+        if (pos0 < 0 || pos0 + T > n_ctx) throw std::invalid_argument("attention: pos0 + T exceeds n_ctx");
+        const KernelTable& k = table_for(isa);
+        float *op = out.mutable_data(), *kp = k_cache.mutable_data(), *vp = v_cache.mutable_data();
+        py::gil_scoped_release nogil;
+        k.attention(op, qkv.data(), kp, vp, (int)T, pos0, n_head, (int)hd, (int)n_ctx);
+    }, py::arg("out"), py::arg("qkv"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("n_head"),
+       py::arg("isa") = "");
+
+    m.def("gelu", [](FArrOut out, FArrIn inp, const std::string& isa) {
+        if (out.size() != inp.size()) throw std::invalid_argument("gelu: out and inp sizes differ");
+        const KernelTable& k = table_for(isa);
+        float* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        k.gelu(op, inp.data(), (int64_t)inp.size());
+    }, py::arg("out"), py::arg("inp"), py::arg("isa") = "");
+
+    m.def("embedding", [](FArrOut out, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                          py::array wte, FArrIn wpe, int pos0, const std::string& wdtype, const std::string& isa) {
+        const py::ssize_t T = tokens.size(), C = wte.shape(1), V = wte.shape(0);
+        expect_shape(out, {T, C}, "embedding out");
+        if (wpe.ndim() != 2 || wpe.shape(1) != C || pos0 < 0 || pos0 + T > wpe.shape(0))
+            throw std::invalid_argument("embedding: wpe must be [n_ctx, C] with pos0 + T <= n_ctx");
+        const int32_t* tp = tokens.data();
+        for (py::ssize_t t = 0; t < T; t++)
+            if (tp[t] < 0 || tp[t] >= V) throw std::invalid_argument("embedding: token id out of range");
+        const int code = dtype_code(wdtype);
+        const void* wp = weight_ptr(wte, code, "embedding wte");
+        const KernelTable& k = table_for(isa);
+        float* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        k.embedding(op, tp, wp, wpe.data(), (int)T, (int)C, pos0, code);
+    }, py::arg("out"), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
+       py::arg("wdtype") = "float32", py::arg("isa") = "");
+
+    py::class_<PyEngine>(m, "Engine")
+        .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
+                         std::vector<py::array> weights, std::vector<std::string> dtypes) {
+                 if (weights.size() != dtypes.size()) throw std::invalid_argument("Engine: weights/dtypes length differ");
+                 if (plan.ndim() != 2 || plan.shape(1) != 8) throw std::invalid_argument("Engine: plan must be [n_ops, 8]");
+                 Config c;
+                 c.n_vocab = cfg["n_vocab"].cast<int>();
+                 c.n_ctx = cfg["n_ctx"].cast<int>();
+                 c.n_embd = cfg["n_embd"].cast<int>();
+                 c.n_head = cfg["n_head"].cast<int>();
+                 c.n_layer = cfg["n_layer"].cast<int>();
+                 c.d_ff = cfg["d_ff"].cast<int>();
+                 c.eps = cfg["eps"].cast<float>();
+                 std::vector<PlanRow> rows(plan.shape(0));
+                 for (py::ssize_t r = 0; r < plan.shape(0); r++)
+                     for (int j = 0; j < 8; j++) rows[r][j] = plan.at(r, j);
+                 std::vector<WeightRef> refs;
+                 auto pe = std::make_unique<PyEngine>();
+                 for (size_t i = 0; i < weights.size(); i++) {
+                     py::array& a = weights[i];
+                     const int code = dtype_code(dtypes[i]);
+                     if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: weights must be 1-D or 2-D");
+                     const std::string name = "weight " + std::to_string(i);
+                     refs.push_back({weight_ptr(a, code, name.c_str()), code, (int64_t)a.shape(0),
+                                     a.ndim() == 2 ? (int64_t)a.shape(1) : 1});
+                     pe->keep.push_back(a);
+                 }
+                 pe->engine = std::make_shared<Engine>(c, std::move(rows), std::move(refs));
+                 return pe;
+             }),
+             py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"));
+
+    py::class_<PySession>(m, "Session")
+        .def(py::init([](PyEngine& e) { return PySession{std::make_shared<Session>(e.engine), e.engine}; }),
+             py::arg("engine"), py::keep_alive<1, 2>())
+        .def_property_readonly("pos", [](const PySession& s) { return s.s->pos(); })
+        .def("reset", [](PySession& s) { s.s->reset(); })
+        .def("forward", [](PySession& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+                           bool all_logits) {
+            if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
+            const int T = (int)tokens.size();
+            const int V = s.e->cfg.n_vocab;
+            FArrOut logits({(py::ssize_t)(all_logits ? T : 1), (py::ssize_t)V});
+            float* lp = logits.mutable_data();
+            const int32_t* tp = tokens.data();
+            {
+                py::gil_scoped_release nogil;
+                s.s->forward(tp, T, lp, all_logits);
+            }
+            return logits;
+        }, py::arg("tokens"), py::arg("all_logits") = false);
+}

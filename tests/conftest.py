@@ -1,0 +1,143 @@
+"""Shared fixtures: kernel implementations parametrized over the backends present (missing ones skip with
+the reason), the tolerance table, and tiny random-weight checkpoints."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tinygpt import backends  # noqa: E402
+from tinygpt.ref import attention as ref_attention  # noqa: E402
+from tinygpt.ref import embedding as ref_embedding  # noqa: E402
+from tinygpt.ref import gelu as ref_gelu  # noqa: E402
+from tinygpt.ref import layernorm as ref_layernorm  # noqa: E402
+from tinygpt.ref import matmul as ref_matmul  # noqa: E402
+
+# Max error / max(1, max|reference|) against the float64 reference, by kernel. Reduced-precision weights are
+# compared with a reference built from the same rounded weights, so they share the float32 tolerance: what
+# is tested is the kernel's arithmetic (fp32 accumulation), not the rounding of the weights.
+TOL = {"matmul": 3e-6, "layernorm": 3e-6, "attention": 3e-6, "gelu": 2e-6, "embedding": 0.0}
+# Whole-model logits vs transformers (fp32): the brief's bound.
+MODEL_TOL = {"float32": 1e-4}
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def rel_err(got, ref) -> float:
+    ref = np.asarray(ref, np.float64)
+    assert np.isfinite(got).all(), "non-finite output"
+    return float(np.abs(np.asarray(got, np.float64) - ref).max() / max(1.0, np.abs(ref).max()))
+
+
+class NumpyKernels:
+    name = "numpy"
+
+    def matmul(self, out, inp, w, b=None, flags=0, wdtype="float32"):
+        from tinygpt.weights import to_float32
+        w = to_float32(w, {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[wdtype])
+        ref_matmul.matmul(out, inp, w, b, gelu_act=bool(flags & 1), accumulate=bool(flags & 2))
+
+    def layernorm(self, out, inp, w, b, eps=1e-5):
+        ref_layernorm.layernorm(out, inp, w, b, eps)
+
+    def attention(self, out, qkv, k_cache, v_cache, pos0, n_head):
+        ref_attention.attention(out, qkv, k_cache, v_cache, pos0, n_head)
+
+    def gelu(self, out, inp):
+        ref_gelu.gelu(out, inp)
+
+    def embedding(self, out, tokens, wte, wpe, pos0=0, wdtype="float32"):
+        from tinygpt.weights import to_float32
+        wte = to_float32(wte, {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[wdtype])
+        ref_embedding.embedding(out, np.asarray(tokens), wte, wpe, pos0)
+
+
+class CpuKernels:
+    def __init__(self, mod, isa):
+        self.mod, self.isa, self.name = mod, isa, f"cpu-{isa}"
+
+    def __getattr__(self, fn):
+        f = getattr(self.mod, fn)
+        return lambda *a, **k: f(*a, isa=self.isa, **k)
+
+
+class CudaKernels:
+    name = "cuda"
+
+    def __init__(self, mod):
+        self.mod = mod
+
+    def __getattr__(self, fn):
+        return getattr(self.mod, fn)
+
+
+def _kernel_params():
+    params = [pytest.param(NumpyKernels(), id="numpy")]
+    ok, why = backends.status()["cpu"]
+    levels = ("base", "avx2", "avx512")
+    if ok:
+        from tinygpt import _cpu
+        have = _cpu.isa_levels()
+        for isa in levels:
+            if isa in have:
+                params.append(pytest.param(CpuKernels(_cpu, isa), id=f"cpu-{isa}"))
+            else:
+                params.append(pytest.param(None, id=f"cpu-{isa}", marks=pytest.mark.skip(
+                    reason=f"ISA level {isa} not supported by this CPU (have {', '.join(have)})")))
+    else:
+        params.append(pytest.param(None, id="cpu", marks=pytest.mark.skip(reason=why)))
+    ok, why = backends.status()["cuda"]
+    if ok:
+        from tinygpt import _cuda
+        params.append(pytest.param(CudaKernels(_cuda), id="cuda"))
+    else:
+        params.append(pytest.param(None, id="cuda", marks=pytest.mark.skip(reason=why)))
+    return params
+
+
+KERNEL_PARAMS = _kernel_params()
+
+
+@pytest.fixture(params=KERNEL_PARAMS)
+def kern(request):
+    return request.param
+
+
+def _backend_params():
+    out = []
+    for name, (ok, why) in backends.status().items():
+        out.append(pytest.param(name, id=name, marks=() if ok else pytest.mark.skip(reason=why)))
+    return out
+
+
+BACKEND_PARAMS = _backend_params()
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def rng(request):
+    import zlib
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from tiny_model import write_hf_dir
+    return write_hf_dir(tmp_path_factory.mktemp("tiny") / "hf", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_converted(tiny_dir, tmp_path_factory):
+    from tinygpt.weights import load_checkpoint, save_tinygpt
+    out = tmp_path_factory.mktemp("conv") / "tg"
+    save_tinygpt(load_checkpoint(tiny_dir), out)
+    return out

@@ -1,0 +1,64 @@
+"""matmul kernels vs the float64 reference: odd sizes, M=1 (GEMV) and M>1 (GEMM), bias/GELU/accumulate
+epilogues, and f16/bf16 weights (reference built from the same rounded weights)."""
+import math
+
+import numpy as np
+import pytest
+
+from conftest import TOL, rel_err
+from tinygpt.weights import from_float32, to_float32
+
+SHAPES = [(1, 1, 1), (1, 7, 5), (1, 37, 29), (1, 50, 768), (2, 3, 5), (5, 33, 17), (6, 64, 64), (7, 65, 129),
+          (13, 100, 300), (64, 96, 257), (1, 2304, 768)]
+ST = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def reference(inp, w64, b, flags, out0):
+    y = inp.astype(np.float64) @ w64.T
+    if b is not None:
+        y += b
+    if flags & 1:
+        y = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3)))
+    return out0.astype(np.float64) + y if flags & 2 else y
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+@pytest.mark.parametrize("flags", [0, 1, 2], ids=["plain", "gelu", "accum"])
+def test_matmul_f32(kern, rng, M, N, K, flags):
+    inp = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32) / math.sqrt(K)
+    b = rng.standard_normal(N).astype(np.float32)
+    out = rng.standard_normal((M, N)).astype(np.float32)  # poison / residual
+    ref = reference(inp, w.astype(np.float64), b, flags, out)
+    kern.matmul(out, inp, w, b, flags=flags)
+    assert rel_err(out, ref) <= TOL["matmul"]
+
+
+@pytest.mark.parametrize("wdtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 29), (1, 64, 768), (9, 70, 100), (64, 96, 256)])
+def test_matmul_reduced_precision(kern, rng, M, N, K, wdtype):
+    inp = rng.standard_normal((M, K)).astype(np.float32)
+    w = from_float32(rng.standard_normal((N, K)).astype(np.float32) / math.sqrt(K), wdtype)
+    w64 = to_float32(w, ST[wdtype]).astype(np.float64)
+    out = np.full((M, N), np.nan, np.float32)
+    kern.matmul(out, inp, w, None, flags=0, wdtype=wdtype)
+    assert rel_err(out, reference(inp, w64, None, 0, out)) <= TOL["matmul"]
+
+
+def test_matmul_no_bias_large_k(kern, rng):
+    inp = rng.standard_normal((3, 3072)).astype(np.float32)
+    w = rng.standard_normal((40, 3072)).astype(np.float32) / 55
+    out = np.full((3, 40), np.nan, np.float32)
+    kern.matmul(out, inp, w, None)
+    assert rel_err(out, reference(inp, w.astype(np.float64), None, 0, out)) <= TOL["matmul"]
+
+
+def test_matmul_rejects_bad_shapes():
+    pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
+    from tinygpt import _cpu
+    with pytest.raises(ValueError, match="expected shape"):
+        _cpu.matmul(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
+    with pytest.raises(TypeError):  # float64 output cannot be written in place
+        _cpu.matmul(np.zeros((2, 4)), np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        _cpu.matmul(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float16))

@@ -1,0 +1,104 @@
+"""Tokenizer: exact tiktoken `gpt2` ids on the public cases and on arbitrary text (hypothesis), round trip,
+special-token handling, and a streaming decoder that never splits a UTF-8 character."""
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tiny_model import vocab_dir
+from tinygpt.tokenizer import Tokenizer
+
+VOCAB = vocab_dir()
+CASES = VOCAB / "tokenizer_cases.json"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.from_files(VOCAB / "encoder.json", VOCAB / "vocab.bpe")
+
+
+@pytest.fixture(scope="module")
+def tik():
+    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the reference (pip install tiktoken)")
+    import tiktoken.load
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(VOCAB / "vocab.bpe"), encoder_json_file=str(VOCAB / "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    return tiktoken.Encoding(
+        name="gpt2", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256},
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""", explicit_n_vocab=50257)
+
+
+@pytest.mark.skipif(not CASES.is_file(), reason="public cases live in ../shared/gpt2 (not in the wheel)")
+def test_public_cases(tok):
+    cases = json.loads(CASES.read_text())["cases"]
+    assert len(cases) >= 20
+    for c in cases:
+        assert tok.encode(c["text"]) == c["ids"], c["text"]
+        assert tok.decode(c["ids"]) == c["text"]
+        if "ids_special" in c:
+            assert tok.encode(c["text"], allowed_special="all") == c["ids_special"]
+            assert tok.encode(c["text"], allowed_special={"<|endoftext|>"}) == c["ids_special"]
+
+
+def test_golden(tok):
+    s = "Alan Turing theorized that computers would one day become very powerful, but even he could not imagine"
+    assert tok.encode(s) == [36235, 39141, 18765, 1143, 326, 9061, 561, 530, 1110, 1716, 845, 3665, 11, 475, 772,
+                             339, 714, 407, 5967]
+    assert tok.encode("<|endoftext|>") == [27, 91, 437, 1659, 5239, 91, 29]
+    assert tok.encode("<|endoftext|>", allowed_special="all") == [50256]
+
+
+UNSEEN = [
+    "Здравствуйте, мир! Привет", "日本語のテキストと漢字、カタカナ", "مرحبا بالعالم", "שלום עולם", "नमस्ते दुनिया",
+    "🙂👍🏽👨‍👩‍👧‍👦 emoji ZWJ 🏳️‍🌈", "   \t\t  \n\n\n   ", "a\u00a0b\u2003c\u3000d", "\x00\x01\x1f\x7f\x85\u2028\u2029",
+    "I'M SHOUTING 'TIL IT'S DONE", "x" * 5000, "ab" * 3000 + " ", "1234567890" * 30, "e\u0301 ñ n\u0303 ﬁ Ⅻ ①",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝟙𝟚𝟛", "\r\n\r\n  \r", "def f(x):\n    return x**2  # ok\n", "a'sb'tc'rE 's 'S",
+]
+
+
+@pytest.mark.parametrize("text", UNSEEN)
+def test_unseen_matches_tiktoken(tok, tik, text):
+    assert tok.encode(text) == tik.encode_ordinary(text)
+    assert tok.decode(tok.encode(text)) == text
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=80))
+def test_property_matches_tiktoken(tok, tik, text):
+    ids = tok.encode(text)
+    assert ids == tik.encode_ordinary(text)
+    assert tok.decode(ids) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_stream_decoder_never_splits(tok, text):
+    ids = tok.encode(text)
+    dec = tok.stream_decoder()
+    pieces = [dec.feed(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces) or "\ufffd" in text
+
+
+def test_stream_decoder_holds_partial_bytes(tok):
+    ids = tok.encode("🙂")
+    assert len(ids) > 1  # an emoji spans several byte-level tokens
+    dec = tok.stream_decoder()
+    assert [dec.feed(i) for i in ids[:-1]] == [""] * (len(ids) - 1)
+    assert dec.feed(ids[-1]) == "🙂"
+
+
+def test_lone_surrogate_like_tiktoken(tok, tik):
+    assert tok.encode("a\ud800b") == tik.encode_ordinary("a\ud800b")
+
+
+def test_bad_inputs(tok):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([50257])
+    with pytest.raises(ValueError, match="unknown special"):
+        tok.encode("x", allowed_special={"<|fim|>"})
+    with pytest.raises(TypeError):
+        tok.encode(b"bytes")

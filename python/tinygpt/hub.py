@@ -63,7 +63,6 @@ def resolve_model(spec: str, *, offline: bool | None = None, cache_dir=None, rev
 
 
 # The files a GPT-2 checkpoint needs, in order of preference for the weights.
-_REQUIRED = ("config.json",)
 _VOCAB = (("vocab.json", "merges.txt"),)
 _WEIGHT_CHOICES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -72,9 +71,12 @@ def snapshot(repo: str, *, revision="main", cache_dir=None, offline=False, progr
     """Fetch config, vocabulary and weights of `repo`; returns the snapshot directory."""
     fetch = _hf_hub_fetch if _has_hf_hub() else _builtin_fetch
     kw = dict(revision=revision, cache_dir=cache_root(cache_dir), offline=offline, progress=progress)
-    cfg = fetch(repo, "config.json", **kw)
-    for name in _VOCAB[0]:
-        fetch(repo, name, **kw)
+    try:
+        cfg = fetch(repo, "config.json", **kw)
+        for name in _VOCAB[0]:
+            fetch(repo, name, **kw)
+    except FileNotFoundError as e:
+        raise ModelNotFoundError(f"{repo}: the repo has no {e.args[0]}; is it a GPT-2 model?") from None
     for name in _WEIGHT_CHOICES:
         try:
             got = fetch(repo, name, **kw)
@@ -105,13 +107,16 @@ def _hf_hub_fetch(repo, filename, *, revision, cache_dir, offline, progress) -> 
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=str(cache_dir),
                                     local_files_only=offline))
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError in recent huggingface_hub: test it first
+        if offline:
+            raise OfflineError(f"{repo}/{filename} is not in the cache {cache_dir} and downloads are off "
+                               "(HF_HUB_OFFLINE); pass a local path or go online") from None
+        raise DownloadError(f"{repo}/{filename}: not cached and the hub is unreachable; check the network, "
+                            "set HF_ENDPOINT, or pass a local path") from None
     except EntryNotFoundError:
         raise FileNotFoundError(filename) from None
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"{repo}: no such model on the hub (or it is private: set HF_TOKEN)") from None
-    except LocalEntryNotFoundError:
-        raise OfflineError(f"{repo}/{filename} is not in the cache {cache_dir} and downloads are off "
-                           "(HF_HUB_OFFLINE); pass a local path or go online") from None
     except Exception as e:
         raise DownloadError(f"{repo}/{filename}: download failed: {e}") from None
 

@@ -1,0 +1,121 @@
+"""The `tinygpt` command as a user runs it: output equals the API, help lists every option, expected errors
+are one line with exit 1 and no traceback, usage errors exit 2."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tinygpt
+
+
+def run(*args, stdin=None, env=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "tinygpt", *map(str, args)], capture_output=True, text=True,
+                          input=stdin, env=e, timeout=300)
+
+
+def test_generate_matches_api(tiny_dir, tiny_converted):
+    expected = tinygpt.load(tiny_dir, backend="numpy").generate("Hello world", max_new_tokens=32, temperature=0)
+    for path in (tiny_dir, tiny_converted):
+        r = run("generate", "Hello world", "-m", path, "-n", 32, "--temperature", 0)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == expected + "\n"
+        assert r.stderr == ""
+
+
+def test_generate_backends_and_timings(tiny_dir):
+    outs = set()
+    for b in tinygpt.available_backends():
+        r = run("generate", "Hello", "-m", tiny_dir, "-n", 16, "--greedy", "--backend", b, "--timings", "--no-stream")
+        assert r.returncode == 0, r.stderr
+        assert "prefill:" in r.stderr and "decode:" in r.stderr and "tok/s" in r.stderr
+        outs.add(r.stdout)
+    assert len(outs) == 1
+
+
+def test_stdin_prompt_and_stop(tiny_dir):
+    r = run("generate", "-m", tiny_dir, "-n", 8, "--greedy", stdin="Hello world")
+    assert r.returncode == 0 and r.stdout.strip()
+    full = r.stdout.rstrip("\n")
+    stop = full[2:5]
+    r = run("generate", "-m", tiny_dir, "-n", 8, "--greedy", "--stop", stop, stdin="Hello world")
+    assert r.stdout == full[: full.index(stop)] + "\n"
+
+
+def test_help_lists_every_option():
+    r = run("generate", "--help")
+    assert r.returncode == 0
+    for opt in ("--model", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repeat-penalty", "--seed",
+                "--stop", "--backend", "--no-stream", "--timings", "--ignore-eos", "--context-overflow", "--dtype",
+                "--threads"):
+        assert opt in r.stdout, opt
+    r = run("--help")
+    assert r.returncode == 0 and all(c in r.stdout for c in ("generate", "convert", "info", "tokenize"))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--temperature", "-1"], "temperature"), (["--top-p", "2"], "top_p"), (["--top-k", "-3"], "top_k"),
+    (["--repeat-penalty", "0"], "repeat_penalty"), (["-n", "500"], "context length"),
+])
+def test_bad_sampling_values(tiny_dir, args, msg):
+    r = run("generate", "Hi", "-m", tiny_dir, *args)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_errors_are_one_line(tmp_path, tiny_dir):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    cases = [(["-m", "no/such-model-here", "--offline"], "cache"), (["-m", "./missing-dir"], "neither an existing path"),
+             (["-m", bad], "safetensors"), (["-m", "not a model name!"], "neither")]
+    for args, msg in cases:
+        r = run("generate", "Hi", *args, env={"HF_HUB_CACHE": str(tmp_path / "cache")})
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr.startswith("tinygpt: error:") and r.stderr.count("\n") == 1, r.stderr
+        assert msg in r.stderr, r.stderr
+
+
+def test_missing_gpu_is_clear(tiny_dir):
+    if "cuda" in tinygpt.available_backends():
+        pytest.skip("a GPU is present")
+    r = run("generate", "Hi", "-m", tiny_dir, "--backend", "cuda")
+    assert r.returncode == 1 and "cuda" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_usage_errors_exit_2():
+    assert run("generate", "--top-k", "abc").returncode == 2
+    assert run("frobnicate").returncode == 2
+    assert run().returncode == 2
+
+
+def test_info():
+    r = run("info", "--json")
+    assert r.returncode == 0
+    info = json.loads(r.stdout)
+    assert info["backends"]["numpy"]["available"]
+    for name in ("cpu", "cuda"):
+        b = info["backends"][name]
+        assert b["detail"], "an unavailable backend must say why"
+    r = run("info")
+    assert r.returncode == 0 and "backends:" in r.stdout
+
+
+def test_tokenize(tiny_dir):
+    r = run("tokenize", "Hello world", "-m", tiny_dir)
+    assert r.stdout.split() == ["15496", "995"]
+    r = run("tokenize", "15496 995", "--decode", "-m", tiny_dir)
+    assert r.stdout == "Hello world\n"
+
+
+def test_convert(tmp_path, tiny_dir):
+    out = tmp_path / "conv"
+    r = run("convert", tiny_dir, out, "--dtype", "bfloat16")
+    assert r.returncode == 0, r.stderr
+    r = run("info", "-m", out, "--json")
+    assert json.loads(r.stdout)["model"]["dtype"] == "bfloat16"
+    r = run("convert", tmp_path / "nothing", out)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1

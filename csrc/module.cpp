@@ -9,51 +9,13 @@
 
 #include <string>
 
+#include "bind_util.h"
 #include "executor.h"
 
 namespace py = pybind11;
 using namespace tg;
 
-using FArrIn = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using FArrOut = py::array_t<float, py::array::c_style>;  // no forcecast: must be float32 C-contiguous to be written
-
-static std::string shape_str(const py::array& a) {
-    std::string s = "[";
-    for (py::ssize_t i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + "]";
-}
-
-static void expect_shape(const py::array& a, std::initializer_list<py::ssize_t> shape, const char* name) {
-    bool ok = (py::ssize_t)shape.size() == a.ndim();
-    py::ssize_t i = 0;
-    for (auto s : shape) ok = ok && a.shape(i++) == s;
-    if (!ok) {
-        std::string want = "[";
-        i = 0;
-        for (auto s : shape) want += (i++ ? ", " : "") + std::to_string(s);
-        throw std::invalid_argument(std::string(name) + ": expected shape " + want + "], got " + shape_str(a));
-    }
-}
-
-static int dtype_code(const std::string& name) {
-    if (name == "float32") return F32;
-    if (name == "float16") return F16;
-    if (name == "bfloat16") return BF16;
-    throw std::invalid_argument("unknown weight dtype '" + name + "' (float32, float16 or bfloat16)");
-}
-
-// A weight matrix/vector: float32, float16, or bfloat16 carried as uint16; must be C-contiguous.
-static const void* weight_ptr(const py::array& a, int code, const char* name) {
-    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": must be C-contiguous");
-    const bool ok = (code == F32 && py::isinstance<py::array_t<float>>(a)) ||
-                    (code == F16 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
-                    (code == BF16 && a.dtype().kind() == 'u' && a.itemsize() == 2);
-    if (!ok)
-        throw std::invalid_argument(std::string(name) + ": dtype " + std::string(py::str(a.dtype())) +
-                                    " does not match weight dtype code " + std::to_string(code) +
-                                    " (float32 / float16 / bfloat16 as uint16)");
-    return a.data();
-}
+using namespace tgbind;
 
 static const KernelTable& table_for(const std::string& isa) {
     if (isa.empty()) return kernels();
@@ -167,7 +129,7 @@ PYBIND11_MODULE(_cpu, m) {
         k.gelu(op, inp.data(), (int64_t)inp.size());
     }, py::arg("out"), py::arg("inp"), py::arg("isa") = "");
 
-    m.def("embedding", [](FArrOut out, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+    m.def("embedding", [](FArrOut out, IArrIn tokens,
                           py::array wte, FArrIn wpe, int pos0, const std::string& wdtype, const std::string& isa) {
         const py::ssize_t T = tokens.size(), C = wte.shape(1), V = wte.shape(0);
         expect_shape(out, {T, C}, "embedding out");
@@ -190,14 +152,7 @@ PYBIND11_MODULE(_cpu, m) {
                          std::vector<py::array> weights, std::vector<std::string> dtypes) {
                  if (weights.size() != dtypes.size()) throw std::invalid_argument("Engine: weights/dtypes length differ");
                  if (plan.ndim() != 2 || plan.shape(1) != 8) throw std::invalid_argument("Engine: plan must be [n_ops, 8]");
-                 Config c;
-                 c.n_vocab = cfg["n_vocab"].cast<int>();
-                 c.n_ctx = cfg["n_ctx"].cast<int>();
-                 c.n_embd = cfg["n_embd"].cast<int>();
-                 c.n_head = cfg["n_head"].cast<int>();
-                 c.n_layer = cfg["n_layer"].cast<int>();
-                 c.d_ff = cfg["d_ff"].cast<int>();
-                 c.eps = cfg["eps"].cast<float>();
+                 const Config c = read_config<Config>(cfg);
                  std::vector<PlanRow> rows(plan.shape(0));
                  for (py::ssize_t r = 0; r < plan.shape(0); r++)
                      for (int j = 0; j < 8; j++) rows[r][j] = plan.at(r, j);
@@ -208,7 +163,7 @@ PYBIND11_MODULE(_cpu, m) {
                      const int code = dtype_code(dtypes[i]);
                      if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: weights must be 1-D or 2-D");
                      const std::string name = "weight " + std::to_string(i);
-                     refs.push_back({weight_ptr(a, code, name.c_str()), code, (int64_t)a.shape(0),
+                     refs.push_back({weight_ptr(a, code, name), code, (int64_t)a.shape(0),
                                      a.ndim() == 2 ? (int64_t)a.shape(1) : 1});
                      pe->keep.push_back(a);
                  }
@@ -222,7 +177,7 @@ PYBIND11_MODULE(_cpu, m) {
              py::arg("engine"), py::keep_alive<1, 2>())
         .def_property_readonly("pos", [](const PySession& s) { return s.s->pos(); })
         .def("reset", [](PySession& s) { s.s->reset(); })
-        .def("forward", [](PySession& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+        .def("forward", [](PySession& s, IArrIn tokens,
                            bool all_logits) {
             if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
             const int T = (int)tokens.size();

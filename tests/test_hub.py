@@ -94,7 +94,8 @@ def test_download_layout_and_reuse(server, tmp_path, tiny_dir):
     assert not list((rd / "blobs").glob("*.incomplete"))
     # offline now works from the cache, via argument or env
     assert hub.resolve_model("tiny/gpt2", offline=True) == snap.parent
-    server.shutdown()  # unreachable hub: the cache is served
+    server.shutdown()  # unreachable hub (connection refused): the cache is served
+    server.server_close()
     assert hub.resolve_model("tiny/gpt2") == snap.parent
 
 

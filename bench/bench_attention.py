@@ -1,0 +1,47 @@
+"""attention at GPT-2 124M shapes (12 heads x 64): prefill T=64/512 (GFLOP/s) and single-token decode
+over a cache of Tk = 128..1024 (GB/s of KV read)."""
+import numpy as np
+import pytest
+
+from bench_matmul import impls
+from conftest import median_s, run_pedantic
+from tinygpt.ref.attention import attention as np_attention
+
+H, HD, NCTX = 12, 64, 1024
+C = H * HD
+
+
+def call(impl, out, qkv, kc, vc, pos0):
+    if impl == "numpy":
+        np_attention(out, qkv, kc, vc, pos0, H)
+    elif impl == "cpu":
+        from tinygpt import _cpu
+        _cpu.attention(out, qkv, kc, vc, pos0, H)
+    else:
+        from tinygpt import _cuda
+        _cuda.attention(out, qkv, kc, vc, pos0, H)
+
+
+@pytest.mark.parametrize("T", [64, 512])
+@pytest.mark.parametrize("impl", impls())
+def bench_attention_prefill(benchmark, impl, T):
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((T, 3 * C), np.float32)
+    kc, vc = np.zeros((H, NCTX, HD), np.float32), np.zeros((H, NCTX, HD), np.float32)
+    out = np.empty((T, C), np.float32)
+    run_pedantic(benchmark, lambda: call(impl, out, qkv, kc, vc, 0))
+    flops = 2 * 2 * H * HD * T * (T + 1) / 2  # q.k and p.v over the causal half
+    benchmark.extra_info.update(kernel="attention", mode="prefill", T=T, gflop_s=round(flops / median_s(benchmark) / 1e9, 1))
+
+
+@pytest.mark.parametrize("Tk", [128, 512, 1024])
+@pytest.mark.parametrize("impl", impls())
+def bench_attention_decode(benchmark, impl, Tk):
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((1, 3 * C), np.float32)
+    kc = rng.standard_normal((H, NCTX, HD), np.float32)
+    vc = rng.standard_normal((H, NCTX, HD), np.float32)
+    out = np.empty((1, C), np.float32)
+    run_pedantic(benchmark, lambda: call(impl, out, qkv, kc, vc, Tk - 1), rounds=50)
+    benchmark.extra_info.update(kernel="attention", mode="decode", Tk=Tk,
+                                gb_s=round(2 * H * Tk * HD * 4 / median_s(benchmark) / 1e9, 1))

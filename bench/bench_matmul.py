@@ -1,0 +1,70 @@
+"""matmul kernels at GPT-2 124M shapes: decode GEMV (GB/s of weight traffic, DRAM-cold by rotating through
+more weight copies than the L3 holds) and prefill GEMM (GFLOP/s), per backend and weight dtype."""
+import numpy as np
+import pytest
+
+from conftest import OPENBLAS_ENV, median_s, run_pedantic
+from tinygpt import backends
+from tinygpt.weights import from_float32
+
+C = 768
+SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (50257, C)}
+
+
+def impls():
+    out = [pytest.param("numpy", id="numpy")]
+    ok, why = backends.status()["cpu"]
+    out.append(pytest.param("cpu", id="cpu", marks=() if ok else pytest.mark.skip(reason=why)))
+    ok, why = backends.status()["cuda"]
+    out.append(pytest.param("cuda", id="cuda", marks=() if ok else pytest.mark.skip(reason=why)))
+    return out
+
+
+def call(impl, out, x, w, wdtype):
+    if impl == "numpy":
+        np.matmul(x, w.T, out=out)
+    elif impl == "cpu":
+        from tinygpt import _cpu
+        _cpu.matmul(out, x, w, None, 0, wdtype)
+    else:
+        from tinygpt import _cuda
+        _cuda.matmul(out, x, w, None, 0, wdtype)
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("impl", impls())
+def bench_decode_gemv(benchmark, impl, shape, wdtype):
+    if impl == "numpy" and wdtype != "float32":
+        pytest.skip("NumPy matmul has no reduced-precision weights")
+    N, K = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    n_copies = max(2, int(256e6 // (N * K * 4)))  # > L3: every call reads its weights from DRAM
+    ws = [from_float32(rng.standard_normal((N, K), np.float32), wdtype) for _ in range(n_copies)]
+    x = rng.standard_normal((1, K), np.float32)
+    out = np.empty((1, N), np.float32)
+    it = iter(range(10**9))
+
+    def fn():
+        call(impl, out, x, ws[next(it) % n_copies], wdtype)
+    run_pedantic(benchmark, fn, rounds=20)
+    nbytes = ws[0].nbytes + x.nbytes + out.nbytes
+    benchmark.extra_info.update(kernel="matmul", mode="decode", N=N, K=K, wdtype=wdtype, openblas=OPENBLAS_ENV,
+                                gb_s=round(nbytes / median_s(benchmark) / 1e9, 2))
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("T", [64, 512])
+@pytest.mark.parametrize("shape", ["qkv", "fc", "proj"])
+@pytest.mark.parametrize("impl", impls())
+def bench_prefill_gemm(benchmark, impl, shape, T, wdtype):
+    if impl == "numpy" and wdtype != "float32":
+        pytest.skip("NumPy matmul has no reduced-precision weights")
+    N, K = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    w = from_float32(rng.standard_normal((N, K), np.float32), wdtype)
+    x = rng.standard_normal((T, K), np.float32)
+    out = np.empty((T, N), np.float32)
+    run_pedantic(benchmark, lambda: call(impl, out, x, w, wdtype))
+    benchmark.extra_info.update(kernel="matmul", mode="prefill", T=T, N=N, K=K, wdtype=wdtype, openblas=OPENBLAS_ENV,
+                                gflop_s=round(2 * T * N * K / median_s(benchmark) / 1e9, 1))

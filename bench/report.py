@@ -1,0 +1,57 @@
+"""Turn a pytest-benchmark JSON (pytest bench/ --benchmark-only --benchmark-json=F) into Markdown tables:
+end-to-end prefill/decode tokens/s with ratios against the peers in the same run, peak RSS, and kernels.
+
+usage: python bench/report.py F.json
+"""
+import json
+import sys
+
+
+def main(path):
+    data = json.load(open(path))
+    rows = [(b["name"], b["extra_info"], b["stats"]["median"]) for b in data["benchmarks"]]
+    mi = data.get("machine_info", {})
+    print(f"machine: {mi.get('cpu', {}).get('brand_raw', '?')}, {mi.get('cpu', {}).get('count', '?')} cpus; "
+          f"run {data.get('datetime', '?')}\n")
+    e2e = [(n, x) for n, x, _ in rows if "decode_tok_s" in x]
+    if e2e:
+        ref = {}
+        for n, x in e2e:
+            if x.get("peer") == "llama.cpp":
+                ref[f"llama.cpp {x['ftype'].upper()}"] = x["decode_tok_s"]
+            elif x.get("peer") == "transformers":
+                ref[f"transformers {x['device']} {x['dtype']}"] = x["decode_tok_s"]
+        print("| run | size | prefill 64 tok/s | prefill ms | decode tok/s | " +
+              " | ".join(f"x {k}" for k in ref) + " |")
+        print("|---|---|---|---|---|" + "---|" * len(ref))
+        for n, x in e2e:
+            label = (f"tinygpt {x['backend']} {x['dtype']}" if "backend" in x else
+                     f"llama.cpp {x['ftype'].upper()}" if x.get("peer") == "llama.cpp" else
+                     f"transformers {x['device']} {x['dtype']}")
+            ratios = " | ".join(f"{x['decode_tok_s'] / v:.2f}" for v in ref.values())
+            print(f"| {label} | {x.get('size', '124M')} | {x['prefill_tok_s']} | {x.get('prefill_ms', round(64e3 / x['prefill_tok_s'], 1))} "
+                  f"| {x['decode_tok_s']} | {ratios} |")
+        print()
+    longp = [(n, x) for n, x, _ in rows if "T" in x and "prefill_tok_s" in x and "kernel" not in x]
+    if longp:
+        print("| long prefill | T | tok/s |\n|---|---|---|")
+        for n, x in longp:
+            print(f"| {x['backend']} {x['dtype']} | {x['T']} | {x['prefill_tok_s']} |")
+        print()
+    rss = [(n, x) for n, x, _ in rows if "peak_rss_mb" in x]
+    if rss:
+        print("| peak RSS (CLI run, converted model) | MiB | interpreter MiB | weights MiB | budget MiB |")
+        print("|---|---|---|---|---|")
+        for n, x in rss:
+            print(f"| {x['backend']} {x['dtype']} | {x['peak_rss_mb']} | {x['interpreter_mb']} | {x['weights_mb']} "
+                  f"| {x['budget_mb']} |")
+        print()
+    kern = [(n, x, t) for n, x, t in rows if "kernel" in x]
+    if kern:
+        print("| kernel | median | GFLOP/s | GB/s |\n|---|---|---|---|")
+        for n, x, t in kern:
+            print(f"| {n} | {t * 1e3:.3f} ms | {x.get('gflop_s', '')} | {x.get('gb_s', '')} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

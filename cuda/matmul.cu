@@ -1,0 +1,122 @@
+// Linear layer on the GPU: out[M,N] (+)= act(inp[M,K] . W[N,K]^T + b[N]); W float32, float16 or bfloat16.
+// M == 1 (decode): one warp per output row, 16-byte loads, warp reduction: bound by HBM bandwidth.
+// M > 1 (prefill): 64x64 shared-memory tiles, 4x4 outputs per thread, weights widened to float on load.
+#include "common.cuh"
+
+namespace tgc {
+
+namespace {
+
+__device__ __forceinline__ float epilogue(float acc, const float* b, int n, int flags) {
+    if (b) acc += b[n];
+    if (flags & GELU) acc = gelu_tanh(acc);
+    return acc;
+}
+
+__device__ __forceinline__ void store(float* out, int64_t i, float y, int flags) {
+    out[i] = (flags & ACCUM) ? out[i] + y : y;
+}
+
+// 16 bytes of weights -> floats, dotted with the matching x
+__device__ __forceinline__ float dot16(const float* w, const float* x) {
+    float4 a = *reinterpret_cast<const float4*>(w), v = *reinterpret_cast<const float4*>(x);
+    return a.x * v.x + a.y * v.y + a.z * v.z + a.w * v.w;
+}
+template <typename H2, typename Conv>
+__device__ __forceinline__ float dot16_half(const void* w, const float* x, Conv conv) {
+    uint4 raw = *reinterpret_cast<const uint4*>(w);
+    const H2* h = reinterpret_cast<const H2*>(&raw);
+    float4 x0 = *reinterpret_cast<const float4*>(x), x1 = *reinterpret_cast<const float4*>(x + 4);
+    float2 f0 = conv(h[0]), f1 = conv(h[1]), f2 = conv(h[2]), f3 = conv(h[3]);
+    return f0.x * x0.x + f0.y * x0.y + f1.x * x0.z + f1.y * x0.w + f2.x * x1.x + f2.y * x1.y + f3.x * x1.z + f3.y * x1.w;
+}
+__device__ __forceinline__ float dot16(const __half* w, const float* x) {
+    return dot16_half<__half2>(w, x, [](__half2 h) { return __half22float2(h); });
+}
+__device__ __forceinline__ float dot16(const __nv_bfloat16* w, const float* x) {
+    return dot16_half<__nv_bfloat162>(w, x, [](__nv_bfloat162 h) { return __bfloat1622float2(h); });
+}
+
+template <typename WT>
+__global__ void gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const WT* __restrict__ W,
+                            const float* __restrict__ b, int N, int K, int flags, bool vec) {
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= N) return;
+    const WT* w = W + (int64_t)row * K;
+    float acc = 0.f;
+    if (vec) {
+        constexpr int E = 16 / sizeof(WT);  // elements per 16-byte load
+#pragma unroll 4
+        for (int k = lane * E; k < K; k += 32 * E) acc += dot16(w + k, x + k);
+    } else {
+        for (int k = lane; k < K; k += 32) acc += load_w(w, k) * x[k];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) store(out, row, epilogue(acc, b, row, flags), flags);
+}
+
+constexpr int TM = 64, TN = 64, TK = 16;
+
+template <typename WT>
+__global__ void __launch_bounds__(256) gemm_kernel(float* __restrict__ out, const float* __restrict__ A,
+                                                   const WT* __restrict__ W, const float* __restrict__ b, int M, int N,
+                                                   int K, int flags) {
+    __shared__ float As[TK][TM + 4];
+    __shared__ float Ws[TK][TN + 4];
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
+    float acc[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += TK) {
+        for (int i = threadIdx.x; i < TM * TK; i += 256) {  // coalesced along k, stored transposed
+            const int r = i / TK, kk = i % TK, m = m0 + r, n = n0 + r, k = k0 + kk;
+            As[kk][r] = (m < M && k < K) ? A[(int64_t)m * K + k] : 0.f;
+            Ws[kk][r] = (n < N && k < K) ? load_w(W, (int64_t)n * K + k) : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TK; kk++) {
+            float a[4], w[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) a[i] = As[kk][ty + 16 * i], w[i] = Ws[kk][tx + 16 * i];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * w[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+            if (m < M && n < N) store(out, (int64_t)m * N + n, epilogue(acc[i][j], b, n, flags), flags);
+        }
+}
+
+template <typename WT>
+void launch_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags, cudaStream_t s) {
+    if (M == 1) {
+        const bool vec = (K % (16 / (int)sizeof(WT)) == 0) && ((uintptr_t)w % 16 == 0) && ((uintptr_t)inp % 16 == 0);
+        const int threads = 256, rows_per_block = threads / 32;
+        gemv_kernel<WT><<<(N + rows_per_block - 1) / rows_per_block, threads, 0, s>>>(out, inp, w, b, N, K, flags, vec);
+    } else {
+        dim3 grid((N + TN - 1) / TN, (M + TM - 1) / TM);
+        gemm_kernel<WT><<<grid, 256, 0, s>>>(out, inp, w, b, M, N, K, flags);
+    }
+    TGC_LAUNCHED("matmul");
+}
+
+}  // namespace
+
+void launch_matmul(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void* w /*[N,K]*/, const float* b /*[N]*/,
+                   int M, int N, int K, int wdtype, int flags, cudaStream_t s) {
+    if (wdtype == F32)
+        launch_t(out, inp, (const float*)w, b, M, N, K, flags, s);
+    else if (wdtype == F16)
+        launch_t(out, inp, (const __half*)w, b, M, N, K, flags, s);
+    else
+        launch_t(out, inp, (const __nv_bfloat16*)w, b, M, N, K, flags, s);
+}
+
+}  // namespace tgc

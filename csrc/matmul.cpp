@@ -17,6 +17,15 @@ constexpr int KC = 256;     // k-block: a packed panel is KC x NR floats (32 KB 
 constexpr int NR = 2 * VW;  // panel width: two vectors
 constexpr int MR = 6;       // register tile rows: MR x 2 accumulators + 2 B vectors + 1 broadcast
 
+// TINYGPT_GEMM=packed selects the packed-panel GEMM (kept for comparison in benches).
+inline bool gemm_packed_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("TINYGPT_GEMM");
+        return e && e[0] == 'p';
+    }();
+    return on;
+}
+
 inline float epilogue(float acc, const float* b, int n, int flags) {
     if (b) acc += b[n];
     if (flags & tg::GELU) acc = sgelu(acc);
@@ -172,12 +181,86 @@ void gemm(float* out /*[M,N]*/, const float* A /*[M,K]*/, const WT* W /*[N,K]*/,
     std::free(scratch);
 }
 
+// ---- GEMM without packing (M > 1) ----------------------------------------------------------------
+// A[M,K] and W[N,K] are both contiguous along K, so a register tile of MT rows of A x NT rows of W can run
+// straight over K with MT*NT vector accumulators and one horizontal sum per output at the end: no panel
+// packing (which costs as much as the arithmetic at M = 64) and f16/bf16 widened in registers.
+#if defined(__AVX512F__)
+constexpr int MT = 4, NT = 4;  // 16 accumulators of 32 zmm
+#else
+constexpr int MT = 3, NT = 3;  // 9 accumulators of 16 ymm/xmm
+#endif
+constexpr int MB = 64;  // rows of A per block: MB x K stays in L2 while the thread sweeps its W rows
+
+template <typename WT, int mt, int nt>
+inline void dot_tile(float* out, int N, const float* A, const WT* W, int K, const float* b, int flags) {
+    V acc[mt][nt];
+    for (int i = 0; i < mt; i++)
+        for (int j = 0; j < nt; j++) acc[i][j] = vzero();
+    const int kv = K - K % VW;
+    for (int k = 0; k < kv; k += VW) {
+        V w[nt];
+        for (int j = 0; j < nt; j++) w[j] = vload_w(W + (int64_t)j * K + k);
+        for (int i = 0; i < mt; i++) {
+            V a = vload(A + (int64_t)i * K + k);
+            for (int j = 0; j < nt; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < mt; i++)
+        for (int j = 0; j < nt; j++) {
+            float s = vsum(acc[i][j]);
+            for (int k = kv; k < K; k++) s += A[(int64_t)i * K + k] * sload_w(W + (int64_t)j * K + k);
+            if (b) s += b[j];
+            float* o = out + (int64_t)i * N + j;
+            *o = (flags & tg::ACCUM) ? *o + s : s;
+        }
+}
+
+template <typename WT, int mt>
+inline void dot_row_tiles(float* out, int N, const float* A, const WT* W, int K, const float* b, int flags, int n0,
+                          int n1) {
+    int n = n0;
+    for (; n + NT <= n1; n += NT)
+        dot_tile<WT, mt, NT>(out + n, N, A, W + (int64_t)n * K, K, b ? b + n : nullptr, flags);
+    for (; n < n1; n++) dot_tile<WT, mt, 1>(out + n, N, A, W + (int64_t)n * K, K, b ? b + n : nullptr, flags);
+}
+
+template <typename WT>
+void gemm_dot(float* out /*[M,N]*/, const float* A /*[M,K]*/, const WT* W /*[N,K]*/, const float* b /*[N]*/, int M,
+              int N, int K, int flags) {
+    const int nt_total = (N + NT - 1) / NT;
+    const int nth = imin(tg::num_threads(), nt_total);
+#pragma omp parallel num_threads(nth)
+    {
+        const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
+        const int n0 = (int)((int64_t)nt_total * tid / nthr) * NT, n1 = imin(N, (int)((int64_t)nt_total * (tid + 1) / nthr) * NT);
+        for (int mb = 0; mb < M; mb += MB) {
+            const int me = imin(M, mb + MB);
+            int m = mb;
+            for (; m + MT <= me; m += MT)
+                dot_row_tiles<WT, MT>(out + (int64_t)m * N, N, A + (int64_t)m * K, W, K, b, flags, n0, n1);
+            for (; m < me; m++)
+                dot_row_tiles<WT, 1>(out + (int64_t)m * N, N, A + (int64_t)m * K, W, K, b, flags, n0, n1);
+        }
+        if (flags & tg::GELU) {  // vectorized epilogue over this thread's columns
+            for (int r = 0; r < M; r++) {
+                float* o = out + (int64_t)r * N;
+                int n = n0;
+                for (; n + VW <= n1; n += VW) vstore(o + n, vgelu(vload(o + n)));
+                for (; n < n1; n++) o[n] = sgelu(o[n]);
+            }
+        }
+    }
+}
+
 template <typename WT>
 void matmul_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags) {
     if (M == 1)
         gemv(out, inp, w, b, N, K, flags);
-    else
+    else if (gemm_packed_enabled())
         gemm(out, inp, w, b, M, N, K, flags);
+    else
+        gemm_dot(out, inp, w, b, M, N, K, flags);
 }
 
 }  // namespace

@@ -141,7 +141,11 @@ struct bf16_t { uint16_t bits; };
 template <> inline V vload_w<f16_t>(const f16_t* p) { return vload_f16((const uint16_t*)p); }
 template <> inline V vload_w<bf16_t>(const bf16_t* p) { return vload_bf16((const uint16_t*)p); }
 static inline float sload_w(const float* p) { return *p; }
+#if defined(__F16C__)
+static inline float sload_w(const f16_t* p) { return _cvtsh_ss(p->bits); }
+#else
 static inline float sload_w(const f16_t* p) { return half_to_float(p->bits); }
+#endif
 static inline float sload_w(const bf16_t* p) { return bf16_to_float(p->bits); }
 
 // e^x: Cody-Waite range reduction + degree-6 polynomial; relative error ~2 ulp on [-87, 88].

@@ -109,7 +109,7 @@ PYBIND11_MODULE(_cuda, m) {
     }, py::arg("out"), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
        py::arg("wdtype") = "float32");
 
-    py::class_<PyEngine>(m, "Engine")
+    py::class_<PyEngine>(m, "Engine", py::module_local())
         .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
                          std::vector<py::array> weights, std::vector<std::string> dtypes) {
                  if (weights.size() != dtypes.size()) throw std::invalid_argument("Engine: weights/dtypes length differ");
@@ -134,7 +134,7 @@ PYBIND11_MODULE(_cuda, m) {
              }),
              py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"));
 
-    py::class_<PySession>(m, "Session")
+    py::class_<PySession>(m, "Session", py::module_local())
         .def(py::init([](PyEngine& e) {
                  return PySession{std::make_shared<tgc::Session>(*e.engine), e.engine, e.cfg};
              }),

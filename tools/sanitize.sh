@@ -5,6 +5,7 @@
 set -euo pipefail
 PY=${PY:-python3}
 SITE=$(mktemp -d)
+$PY -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"  # build deps: this build runs without isolation
 trap 'rm -rf "$SITE"' EXIT
 TINYGPT_CUDA=OFF TINYGPT_SANITIZE=ON $PY -m pip install --no-build-isolation --no-deps -q --target "$SITE" \
   -Cbuild-dir=build/sanitize .

@@ -12,20 +12,30 @@ from ..errors import BackendUnavailableError
 NAMES = ("numpy", "cpu", "cuda")
 
 
-def _probe_cpu():
+def _import(name):
+    import importlib
     try:
-        from .. import _cpu  # noqa: F401
+        return importlib.import_module(f"tinygpt.{name}"), None
+    except ModuleNotFoundError as e:
+        if e.name == f"tinygpt.{name}":
+            return None, "not built"
+        return None, f"failed to import ({e})"
     except ImportError as e:
-        return None, f"compiled module tinygpt._cpu did not import ({e}); reinstall with a C++ compiler"
-    return _cpu, None
+        return None, f"failed to import ({e})"
+
+
+def _probe_cpu():
+    mod, err = _import("_cpu")
+    if mod is None:
+        return None, f"compiled module tinygpt._cpu {err}; reinstall with a C++ compiler (pip install .)"
+    return mod, None
 
 
 def _probe_cuda():
-    try:
-        from .. import _cuda
-    except ImportError as e:
-        return None, f"compiled module tinygpt._cuda is not built ({e}); it is built when nvcc is found " \
-                     "at install time (TINYGPT_CUDA=ON to require it)"
+    _cuda, err = _import("_cuda")
+    if _cuda is None:
+        return None, f"compiled module tinygpt._cuda {err}; it is built when nvcc is found at install time " \
+                     "(TINYGPT_CUDA=ON to require it)"
     try:
         n, msg = _cuda.device_count()
     except Exception as e:  # a broken driver must not break import of tinygpt

@@ -17,13 +17,14 @@ constexpr int KC = 256;     // k-block: a packed panel is KC x NR floats (32 KB 
 constexpr int NR = 2 * VW;  // panel width: two vectors
 constexpr int MR = 6;       // register tile rows: MR x 2 accumulators + 2 B vectors + 1 broadcast
 
-// TINYGPT_GEMM=packed selects the packed-panel GEMM (kept for comparison in benches).
-inline bool gemm_packed_enabled() {
-    static const bool on = [] {
+// Prefill GEMM variant: the packed panel kernel measured faster for float32 weights, the unpacked one for
+// f16/bf16 (widening in registers instead of a scalar pack). TINYGPT_GEMM=packed|dot forces one (benches).
+inline int gemm_choice() {
+    static const int c = [] {
         const char* e = std::getenv("TINYGPT_GEMM");
-        return e && e[0] == 'p';
+        return (e && e[0] == 'p') ? 1 : (e && e[0] == 'd') ? 2 : 0;
     }();
-    return on;
+    return c;
 }
 
 inline float epilogue(float acc, const float* b, int n, int flags) {
@@ -33,46 +34,27 @@ inline float epilogue(float acc, const float* b, int n, int flags) {
 }
 
 // ---- GEMV (M == 1) ------------------------------------------------------------------------------
+// One row at a time, four independent accumulators: each thread then reads its rows as one sequential stream,
+// which the hardware prefetcher follows; interleaving several short rows measured slower for 2-byte weights.
 template <typename WT>
 void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, const float* b /*[N]*/, int N, int K,
           int flags) {
-    const int nblocks = (N + 3) / 4;
-    const int kv = K - K % VW;
+    const int k4 = K - K % (4 * VW), kv = K - K % VW;
 #pragma omp parallel for schedule(static) num_threads(tg::num_threads())
-    for (int blk = 0; blk < nblocks; blk++) {
-        const int n0 = blk * 4, rows = imin(4, N - n0);
-        float res[4] = {0, 0, 0, 0};
-        if (rows == 4) {
-            const WT *w0 = W + (int64_t)n0 * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-            V a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
-            for (int k = 0; k < kv; k += VW) {
-                V xv = vload(x + k);
-                a0 = vfma(vload_w(w0 + k), xv, a0);
-                a1 = vfma(vload_w(w1 + k), xv, a1);
-                a2 = vfma(vload_w(w2 + k), xv, a2);
-                a3 = vfma(vload_w(w3 + k), xv, a3);
-            }
-            res[0] = vsum(a0), res[1] = vsum(a1), res[2] = vsum(a2), res[3] = vsum(a3);
-            for (int k = kv; k < K; k++) {
-                res[0] += sload_w(w0 + k) * x[k];
-                res[1] += sload_w(w1 + k) * x[k];
-                res[2] += sload_w(w2 + k) * x[k];
-                res[3] += sload_w(w3 + k) * x[k];
-            }
-        } else {
-            for (int r = 0; r < rows; r++) {
-                const WT* w = W + (int64_t)(n0 + r) * K;
-                V a = vzero();
-                for (int k = 0; k < kv; k += VW) a = vfma(vload_w(w + k), vload(x + k), a);
-                float s = vsum(a);
-                for (int k = kv; k < K; k++) s += sload_w(w + k) * x[k];
-                res[r] = s;
-            }
+    for (int n = 0; n < N; n++) {
+        const WT* w = W + (int64_t)n * K;
+        V a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+        for (int k = 0; k < k4; k += 4 * VW) {
+            a0 = vfma(vload_w(w + k), vload(x + k), a0);
+            a1 = vfma(vload_w(w + k + VW), vload(x + k + VW), a1);
+            a2 = vfma(vload_w(w + k + 2 * VW), vload(x + k + 2 * VW), a2);
+            a3 = vfma(vload_w(w + k + 3 * VW), vload(x + k + 3 * VW), a3);
         }
-        for (int r = 0; r < rows; r++) {
-            float y = epilogue(res[r], b, n0 + r, flags);
-            out[n0 + r] = (flags & tg::ACCUM) ? out[n0 + r] + y : y;
-        }
+        for (int k = k4; k < kv; k += VW) a0 = vfma(vload_w(w + k), vload(x + k), a0);
+        float s = vsum(vadd(vadd(a0, a1), vadd(a2, a3)));
+        for (int k = kv; k < K; k++) s += sload_w(w + k) * x[k];
+        const float y = epilogue(s, b, n, flags);
+        out[n] = (flags & tg::ACCUM) ? out[n] + y : y;
     }
 }
 
@@ -257,7 +239,7 @@ template <typename WT>
 void matmul_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags) {
     if (M == 1)
         gemv(out, inp, w, b, N, K, flags);
-    else if (gemm_packed_enabled())
+    else if (gemm_choice() == 1 || (gemm_choice() == 0 && sizeof(WT) == 4))
         gemm(out, inp, w, b, M, N, K, flags);
     else
         gemm_dot(out, inp, w, b, M, N, K, flags);

@@ -143,3 +143,8 @@ def test_short_names_and_cache_root(monkeypatch, tmp_path):
     assert hub.cache_root() == tmp_path / "hub"
     with pytest.raises(tinygpt.ModelNotFoundError):
         hub.resolve_model("definitely not a model")
+
+
+def test_tokenize_fetches_only_the_vocabulary(server, tmp_path):
+    d = hub.resolve_model("tiny/gpt2", vocab_only=True)
+    assert sorted(p.name for p in d.iterdir()) == ["merges.txt", "vocab.json"]

@@ -192,7 +192,7 @@ def _cmd_info(a) -> int:
 def _cmd_tokenize(a) -> int:
     from .hub import resolve_model
     from .tokenizer import Tokenizer
-    path = resolve_model(a.model or "gpt2", offline=a.offline)
+    path = resolve_model(a.model or "gpt2", offline=a.offline, vocab_only=True)
     tok = Tokenizer.from_dir(path if path.is_dir() else path.parent)
     if a.decode:
         try:

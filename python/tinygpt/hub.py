@@ -49,7 +49,9 @@ def endpoint() -> str:
 
 
 def resolve_model(spec: str, *, offline: bool | None = None, cache_dir=None, revision: str = "main",
-                  progress: Progress | None = None) -> Path:
+                  progress: Progress | None = None, vocab_only: bool = False) -> Path:
+    """A local path as is; else the hub snapshot directory (config, vocabulary and weights, or with
+    vocab_only just vocab.json + merges.txt)."""
     p = Path(spec).expanduser()
     if p.exists():
         return p
@@ -59,24 +61,25 @@ def resolve_model(spec: str, *, offline: bool | None = None, cache_dir=None, rev
             f"{spec!r} is neither an existing path nor a hub model name (try gpt2, gpt2-medium, gpt2-large, "
             "gpt2-xl, distilgpt2 or org/name)")
     offline = env_offline() if offline is None else offline
-    return snapshot(repo, revision=revision, cache_dir=cache_dir, offline=offline, progress=progress)
+    return snapshot(repo, revision=revision, cache_dir=cache_dir, offline=offline, progress=progress,
+                    vocab_only=vocab_only)
 
 
-# The files a GPT-2 checkpoint needs, in order of preference for the weights.
-_VOCAB = (("vocab.json", "merges.txt"),)
-_WEIGHT_CHOICES = ("model.safetensors", "model.safetensors.index.json")
+_VOCAB = ("vocab.json", "merges.txt")
+_WEIGHT_CHOICES = ("model.safetensors", "model.safetensors.index.json")  # in order of preference
 
 
-def snapshot(repo: str, *, revision="main", cache_dir=None, offline=False, progress=None) -> Path:
-    """Fetch config, vocabulary and weights of `repo`; returns the snapshot directory."""
+def snapshot(repo: str, *, revision="main", cache_dir=None, offline=False, progress=None, vocab_only=False) -> Path:
+    """Fetch config, vocabulary and weights of `repo` into the cache; returns the snapshot directory."""
     fetch = _hf_hub_fetch if _has_hf_hub() else _builtin_fetch
     kw = dict(revision=revision, cache_dir=cache_root(cache_dir), offline=offline, progress=progress)
     try:
-        cfg = fetch(repo, "config.json", **kw)
-        for name in _VOCAB[0]:
-            fetch(repo, name, **kw)
+        got = [fetch(repo, name, **kw) for name in (_VOCAB if vocab_only else ("config.json",) + _VOCAB)]
     except FileNotFoundError as e:
         raise ModelNotFoundError(f"{repo}: the repo has no {e.args[0]}; is it a GPT-2 model?") from None
+    if vocab_only:
+        return got[0].parent
+    cfg = got[0]
     for name in _WEIGHT_CHOICES:
         try:
             got = fetch(repo, name, **kw)

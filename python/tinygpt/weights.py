@@ -79,10 +79,6 @@ def from_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
     return out
 
 
-def _st_dtype_of(arr: np.ndarray, dtype: str) -> str:
-    return _ST_OF[dtype] if arr.dtype == np.uint16 or dtype != "float32" else "F32"
-
-
 @dataclass
 class Checkpoint:
     config: GPT2Config

@@ -18,7 +18,7 @@ from conftest import backend_params, bench_sizes, run_pedantic
 PROMPT = [int(x) for x in np.random.default_rng(0).integers(0, 50000, 64)]
 N_NEW = 128
 PEERS = Path(__file__).resolve().parent.parent.parent / "shared" / "peers"
-DTYPES = ["float32", "float16", "bfloat16"]
+DTYPES = ["float32", "float16", "bfloat16", "int8"]
 _models: dict = {}
 
 
@@ -44,6 +44,8 @@ def record(benchmark, results, **info):
 def bench_generate(benchmark, model_dir, backend, dtype, size):
     if backend == "numpy" and dtype != "float32":
         pytest.skip("numpy computes in float32 only")
+    if backend == "cuda" and dtype == "int8":
+        pytest.skip("int8 weights are cpu-only")
     m = load(model_dir, size, backend, dtype)
     results = []
     run_pedantic(benchmark, lambda: results.append(

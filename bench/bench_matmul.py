@@ -5,7 +5,7 @@ import pytest
 
 from conftest import OPENBLAS_ENV, median_s, run_pedantic
 from tinygpt import backends
-from tinygpt.weights import from_float32
+from tinygpt.weights import from_float32, quantize_int8
 
 C = 768
 SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (50257, C)}
@@ -20,27 +20,40 @@ def impls():
     return out
 
 
+def make(rng, N, K, wdtype):
+    """(weights, row scales or None) in the stored dtype."""
+    w = rng.standard_normal((N, K), np.float32)
+    return quantize_int8(w) if wdtype == "int8" else (from_float32(w, wdtype), None)
+
+
 def call(impl, out, x, w, wdtype):
+    w, scale = w
     if impl == "numpy":
         np.matmul(x, w.T, out=out)
     elif impl == "cpu":
         from tinygpt import _cpu
-        _cpu.matmul(out, x, w, None, 0, wdtype)
+        _cpu.matmul(out, x, w, None, 0, wdtype, wscale=scale)
     else:
         from tinygpt import _cuda
         _cuda.matmul(out, x, w, None, 0, wdtype)
 
 
-@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16"])
+def skip_unsupported(impl, wdtype):
+    if impl == "numpy" and wdtype != "float32":
+        pytest.skip("NumPy matmul has no reduced-precision weights")
+    if impl == "cuda" and wdtype == "int8":
+        pytest.skip("int8 weights are cpu-only")
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16", "int8"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("impl", impls())
 def bench_decode_gemv(benchmark, impl, shape, wdtype):
-    if impl == "numpy" and wdtype != "float32":
-        pytest.skip("NumPy matmul has no reduced-precision weights")
+    skip_unsupported(impl, wdtype)
     N, K = SHAPES[shape]
     rng = np.random.default_rng(0)
     n_copies = max(2, int(256e6 // (N * K * 4)))  # > L3: every call reads its weights from DRAM
-    ws = [from_float32(rng.standard_normal((N, K), np.float32), wdtype) for _ in range(n_copies)]
+    ws = [make(rng, N, K, wdtype) for _ in range(n_copies)]
     x = rng.standard_normal((1, K), np.float32)
     out = np.empty((1, N), np.float32)
     it = iter(range(10**9))
@@ -48,21 +61,20 @@ def bench_decode_gemv(benchmark, impl, shape, wdtype):
     def fn():
         call(impl, out, x, ws[next(it) % n_copies], wdtype)
     run_pedantic(benchmark, fn, rounds=20)
-    nbytes = ws[0].nbytes + x.nbytes + out.nbytes
+    nbytes = ws[0][0].nbytes + x.nbytes + out.nbytes
     benchmark.extra_info.update(kernel="matmul", mode="decode", N=N, K=K, wdtype=wdtype, openblas=OPENBLAS_ENV,
                                 gb_s=round(nbytes / median_s(benchmark) / 1e9, 2))
 
 
-@pytest.mark.parametrize("wdtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("T", [64, 512])
 @pytest.mark.parametrize("shape", ["qkv", "fc", "proj"])
 @pytest.mark.parametrize("impl", impls())
 def bench_prefill_gemm(benchmark, impl, shape, T, wdtype):
-    if impl == "numpy" and wdtype != "float32":
-        pytest.skip("NumPy matmul has no reduced-precision weights")
+    skip_unsupported(impl, wdtype)
     N, K = SHAPES[shape]
     rng = np.random.default_rng(0)
-    w = from_float32(rng.standard_normal((N, K), np.float32), wdtype)
+    w = make(rng, N, K, wdtype)
     x = rng.standard_normal((T, K), np.float32)
     out = np.empty((T, N), np.float32)
     run_pedantic(benchmark, lambda: call(impl, out, x, w, wdtype))

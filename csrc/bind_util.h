@@ -1,5 +1,5 @@
 // Binding helpers shared by tinygpt._cpu and tinygpt._cuda: shape/dtype checks with expected-vs-got messages.
-// Weight dtype codes: 0 float32, 1 float16, 2 bfloat16 (carried as uint16) in both backends.
+// Weight dtype codes: 0 float32, 1 float16, 2 bfloat16 (carried as uint16), 3 int8 (+ float32 row scales).
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -35,7 +35,8 @@ inline int dtype_code(const std::string& name) {
     if (name == "float32") return 0;
     if (name == "float16") return 1;
     if (name == "bfloat16") return 2;
-    throw std::invalid_argument("unknown weight dtype '" + name + "' (float32, float16 or bfloat16)");
+    if (name == "int8") return 3;
+    throw std::invalid_argument("unknown weight dtype '" + name + "' (float32, float16, bfloat16 or int8)");
 }
 
 // A weight matrix/vector: float32, float16, or bfloat16 carried as uint16; must be C-contiguous.
@@ -43,10 +44,11 @@ inline const void* weight_ptr(const py::array& a, int code, const std::string& n
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(name + ": must be C-contiguous");
     const bool ok = (code == 0 && py::isinstance<py::array_t<float>>(a)) ||
                     (code == 1 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
-                    (code == 2 && a.dtype().kind() == 'u' && a.itemsize() == 2);
+                    (code == 2 && a.dtype().kind() == 'u' && a.itemsize() == 2) ||
+                    (code == 3 && a.dtype().kind() == 'i' && a.itemsize() == 1);
     if (!ok)
         throw std::invalid_argument(name + ": dtype " + std::string(py::str(a.dtype())) + " does not match weight dtype "
-                                    + (code == 0 ? "float32" : code == 1 ? "float16" : "bfloat16 (as uint16)"));
+                                    + (code == 0 ? "float32" : code == 1 ? "float16" : code == 2 ? "bfloat16 (as uint16)" : "int8"));
     return a.data();
 }
 

@@ -9,7 +9,7 @@
 
 namespace tg {
 
-enum DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+enum DType : int { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };  // I8: symmetric, one float scale per row
 
 enum MatmulFlags : int { GELU = 1, ACCUM = 2 };
 
@@ -28,9 +28,10 @@ void set_num_threads(int n);
 // One table per ISA level, filled by isa_table.cpp compiled once per level.
 struct KernelTable {
     const char* isa;
-    // out[M,N] (+)= act(inp[M,K] . W[N,K]^T + b[N]);  W is F32/F16/BF16; b may be null; flags: GELU | ACCUM
-    void (*matmul)(float* out, const float* inp, const void* w, const float* b, int M, int N, int K, int wdtype,
-                   int flags);
+    // out[M,N] (+)= act(inp[M,K] . (W[N,K] * wscale[N])^T + b[N]);  W is F32/F16/BF16/I8, wscale only for I8;
+    // b may be null; flags: GELU | ACCUM
+    void (*matmul)(float* out, const float* inp, const void* w, const float* wscale, const float* b, int M, int N,
+                   int K, int wdtype, int flags);
     // out[M,C] = (inp - mean) / sqrt(var + eps) * w[C] + b[C]
     void (*layernorm)(float* out, const float* inp, const float* w, const float* b, int M, int C, float eps);
     // out[T,C] = causal softmax attention of qkv[T,3C] at positions pos0..pos0+T-1; writes k,v into
@@ -39,9 +40,9 @@ struct KernelTable {
                       int n_ctx);
     // out[n] = gelu_tanh(inp[n])  (in place allowed)
     void (*gelu)(float* out, const float* inp, int64_t n);
-    // out[T,C] = wte[tokens[t], :] + wpe[pos0 + t, :];  wte is F32/F16/BF16
-    void (*embedding)(float* out, const int32_t* tokens, const void* wte, const float* wpe, int T, int C, int pos0,
-                      int wdtype);
+    // out[T,C] = wte[tokens[t], :] (* wscale[tokens[t]]) + wpe[pos0 + t, :];  wte is F32/F16/BF16/I8
+    void (*embedding)(float* out, const int32_t* tokens, const void* wte, const float* wscale, const float* wpe, int T,
+                      int C, int pos0, int wdtype);
 };
 
 const KernelTable& kernels();                       // the active table (dispatch.cpp)

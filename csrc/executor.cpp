@@ -108,8 +108,8 @@ void Session::forward(const int32_t* tokens, int T, float* logits, bool all_logi
         auto row = [&](int id, int r) { return buf(id) + (int64_t)(id == BUF_LOGITS ? 0 : r) * e.width[id]; };
         switch (op[0]) {
             case OP_EMBED:
-                k.embedding(buf(o), tokens, e.weights[op[3]].ptr, (const float*)e.weights[op[4]].ptr, T, c.n_embd, pos_,
-                            e.weights[op[3]].dtype);
+                k.embedding(buf(o), tokens, e.weights[op[3]].ptr, e.weights[op[3]].scale,
+                            (const float*)e.weights[op[4]].ptr, T, c.n_embd, pos_, e.weights[op[3]].dtype);
                 break;
             case OP_LAYERNORM:
                 k.layernorm(row(o, r0), row(in, r0), (const float*)e.weights[op[3]].ptr,
@@ -118,7 +118,7 @@ void Session::forward(const int32_t* tokens, int T, float* logits, bool all_logi
             case OP_LINEAR: {
                 const WeightRef& W = e.weights[op[3]];
                 const float* b = op[4] >= 0 ? (const float*)e.weights[op[4]].ptr : nullptr;
-                k.matmul(row(o, r0), row(in, r0), W.ptr, b, M, (int)W.rows, (int)W.cols, W.dtype,
+                k.matmul(row(o, r0), row(in, r0), W.ptr, W.scale, b, M, (int)W.rows, (int)W.cols, W.dtype,
                          ((fl & PF_GELU) ? GELU : 0) | ((fl & PF_ACCUM) ? ACCUM : 0));
                 break;
             }

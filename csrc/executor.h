@@ -21,7 +21,8 @@ struct Config {
 
 struct WeightRef {
     const void* ptr;
-    int dtype;            // F32 / F16 / BF16
+    int dtype;            // F32 / F16 / BF16 / I8
+    const float* scale;   // I8 only: [rows]
     int64_t rows, cols;   // cols = 1 for a vector
 };
 

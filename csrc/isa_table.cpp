@@ -3,11 +3,11 @@
 
 namespace TG_ISA_NS {
 
-void matmul(float*, const float*, const void*, const float*, int, int, int, int, int);
+void matmul(float*, const float*, const void*, const float*, const float*, int, int, int, int, int);
 void layernorm(float*, const float*, const float*, const float*, int, int, float);
 void attention(float*, const float*, float*, float*, int, int, int, int, int);
 void gelu(float*, const float*, int64_t);
-void embedding(float*, const int32_t*, const void*, const float*, int, int, int, int);
+void embedding(float*, const int32_t*, const void*, const float*, const float*, int, int, int, int);
 
 #define TG_STR2(x) #x
 #define TG_STR(x) TG_STR2(x)

@@ -28,8 +28,8 @@ inline float epilogue(float acc, const float* b, int n, int flags) {
 // One row at a time, four independent accumulators: each thread then reads its rows as one sequential stream,
 // which the hardware prefetcher follows; interleaving several short rows measured slower for 2-byte weights.
 template <typename WT>
-void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, const float* b /*[N]*/, int N, int K,
-          int flags) {
+void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/,
+          const float* b /*[N]*/, int N, int K, int flags) {
     const int k4 = K - K % (4 * VW), kv = K - K % VW;
 #pragma omp parallel for schedule(static) num_threads(tg::num_threads())
     for (int n = 0; n < N; n++) {
@@ -44,6 +44,7 @@ void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, con
         for (int k = k4; k < kv; k += VW) a0 = vfma(vload_w(w + k), vload(x + k), a0);
         float s = vsum(vadd(vadd(a0, a1), vadd(a2, a3)));
         for (int k = kv; k < K; k++) s += sload_w(w + k) * x[k];
+        if (ws) s *= ws[n];  // int8: the row scale factors out of the dot product
         const float y = epilogue(s, b, n, flags);
         out[n] = (flags & tg::ACCUM) ? out[n] + y : y;
     }
@@ -51,10 +52,15 @@ void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, con
 
 // ---- GEMM (M > 1) -------------------------------------------------------------------------------
 template <typename WT>
-void pack_panel(float* Bp /*[kc, NR]*/, const WT* W /*[N,K]*/, int n0, int ncols, int k0, int kc, int K) {
+void pack_panel(float* Bp /*[kc, NR]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/, int n0, int ncols,
+                int k0, int kc, int K) {
     for (int j = 0; j < ncols; j++) {
         const WT* row = W + (int64_t)(n0 + j) * K + k0;
-        for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = sload_w(row + kk);
+        const float s = ws ? ws[n0 + j] : 1.0f;  // int8: dequantize while packing
+        if (ws)
+            for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = sload_w(row + kk) * s;
+        else
+            for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = sload_w(row + kk);
     }
     for (int j = ncols; j < NR; j++)
         for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = 0.0f;
@@ -99,8 +105,8 @@ inline void micro_any(int mr, float* C, int ldc, const float* Ap, const float* B
 }
 
 template <typename WT>
-void gemm(float* out /*[M,N]*/, const float* A /*[M,K]*/, const WT* W /*[N,K]*/, const float* b /*[N]*/, int M,
-          int N, int K, int flags) {
+void gemm(float* out /*[M,N]*/, const float* A /*[M,K]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/,
+          const float* b /*[N]*/, int M, int N, int K, int flags) {
     const int npanels = (N + NR - 1) / NR;
     const int nt = imin(tg::num_threads(), npanels);
     // Each thread accumulates its panels in a private [M, NR * panels] tile, then applies the epilogue.
@@ -123,7 +129,7 @@ void gemm(float* out /*[M,N]*/, const float* A /*[M,K]*/, const WT* W /*[N,K]*/,
                 pack_a(Ap + (size_t)(m0 / MR) * KC * MR, A + (int64_t)m0 * K + k0, K, imin(MR, M - m0), kc);
             for (int p = p0; p < p1; p++) {
                 const int n0 = p * NR, ncols = imin(NR, N - n0);
-                pack_panel(Bp, W, n0, ncols, k0, kc, K);
+                pack_panel(Bp, W, ws, n0, ncols, k0, kc, K);
                 float* C = Cbuf + (p - p0) * NR;
                 for (int m0 = 0; m0 < M; m0 += MR)
                     micro_any(imin(MR, M - m0), C + (int64_t)m0 * width, width, Ap + (size_t)(m0 / MR) * KC * MR, Bp,
@@ -164,24 +170,27 @@ void gemm(float* out /*[M,N]*/, const float* A /*[M,K]*/, const WT* W /*[N,K]*/,
 }
 
 template <typename WT>
-void matmul_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags) {
+void matmul_t(float* out, const float* inp, const WT* w, const float* ws, const float* b, int M, int N, int K,
+              int flags) {
     if (M == 1)
-        gemv(out, inp, w, b, N, K, flags);
+        gemv(out, inp, w, ws, b, N, K, flags);
     else
-        gemm(out, inp, w, b, M, N, K, flags);
+        gemm(out, inp, w, ws, b, M, N, K, flags);
 }
 
 }  // namespace
 
-void matmul(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void* w /*[N,K]*/, const float* b /*[N]*/, int M,
-            int N, int K, int wdtype, int flags) {
+void matmul(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void* w /*[N,K]*/, const float* ws /*[N]*/,
+            const float* b /*[N]*/, int M, int N, int K, int wdtype, int flags) {
     if (M <= 0 || N <= 0) return;
     if (wdtype == tg::F32)
-        matmul_t(out, inp, (const float*)w, b, M, N, K, flags);
+        matmul_t(out, inp, (const float*)w, nullptr, b, M, N, K, flags);
     else if (wdtype == tg::F16)
-        matmul_t(out, inp, (const f16_t*)w, b, M, N, K, flags);
+        matmul_t(out, inp, (const f16_t*)w, nullptr, b, M, N, K, flags);
+    else if (wdtype == tg::BF16)
+        matmul_t(out, inp, (const bf16_t*)w, nullptr, b, M, N, K, flags);
     else
-        matmul_t(out, inp, (const bf16_t*)w, b, M, N, K, flags);
+        matmul_t(out, inp, (const int8_t*)w, ws, b, M, N, K, flags);
 }
 
 }  // namespace TG_ISA_NS

@@ -17,6 +17,19 @@ using namespace tg;
 
 using namespace tgbind;
 
+// int8 weights need float32 row scales [rows]; other dtypes take none.
+static const float* scale_ptr(const py::object& s, int code, py::ssize_t rows, FArrIn& keep, const char* name) {
+    if (code != I8) {
+        if (!s.is_none()) throw std::invalid_argument(std::string(name) + ": scales are only for int8 weights");
+        return nullptr;
+    }
+    if (s.is_none()) throw std::invalid_argument(std::string(name) + ": int8 weights need float32 row scales");
+    keep = FArrIn::ensure(s);
+    if (!keep) throw std::invalid_argument(std::string(name) + ": scales not convertible to float32");
+    expect_shape(keep, {rows}, name);
+    return keep.data();
+}
+
 static const KernelTable& table_for(const std::string& isa) {
     if (isa.empty()) return kernels();
     const KernelTable* t = kernels_for(isa);
@@ -65,7 +78,7 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("get_num_threads", &num_threads);
 
     m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype,
-                       const std::string& isa) {
+                       const std::string& isa, py::object wscale) {
         if (inp.ndim() != 2 || w.ndim() != 2) throw std::invalid_argument("matmul: inp and w must be 2-D");
         const py::ssize_t M = inp.shape(0), K = inp.shape(1), N = w.shape(0);
         expect_shape(w, {N, K}, "matmul w");
@@ -84,11 +97,13 @@ PYBIND11_MODULE(_cpu, m) {
         float* op = out.mutable_data();
         const float* ip = inp.data();
         const int code = dtype_code(wdtype);
+        FArrIn keep;
+        const float* sp = scale_ptr(wscale, code, N, keep, "matmul wscale");
         py::gil_scoped_release nogil;
-        k.matmul(op, ip, wp, bp, (int)M, (int)N, (int)K, code, flags);
+        k.matmul(op, ip, wp, sp, bp, (int)M, (int)N, (int)K, code, flags);
     }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b") = py::none(), py::arg("flags") = 0,
-       py::arg("wdtype") = "float32", py::arg("isa") = "",
-       "out[M,N] (+)= act(inp[M,K] @ w[N,K].T + b[N]); flags: 1 = GELU, 2 = accumulate");
+       py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none(),
+       "out[M,N] (+)= act(inp[M,K] @ (w[N,K] * wscale[N,None]).T + b[N]); flags: 1 = GELU, 2 = accumulate");
 
     m.def("layernorm", [](FArrOut out, FArrIn inp, FArrIn w, FArrIn b, float eps, const std::string& isa) {
         if (inp.ndim() != 2) throw std::invalid_argument("layernorm: inp must be 2-D");
@@ -130,7 +145,8 @@ PYBIND11_MODULE(_cpu, m) {
     }, py::arg("out"), py::arg("inp"), py::arg("isa") = "");
 
     m.def("embedding", [](FArrOut out, IArrIn tokens,
-                          py::array wte, FArrIn wpe, int pos0, const std::string& wdtype, const std::string& isa) {
+                          py::array wte, FArrIn wpe, int pos0, const std::string& wdtype, const std::string& isa,
+                          py::object wscale) {
         const py::ssize_t T = tokens.size(), C = wte.shape(1), V = wte.shape(0);
         expect_shape(out, {T, C}, "embedding out");
         if (wpe.ndim() != 2 || wpe.shape(1) != C || pos0 < 0 || pos0 + T > wpe.shape(0))
@@ -142,15 +158,18 @@ PYBIND11_MODULE(_cpu, m) {
         const void* wp = weight_ptr(wte, code, "embedding wte");
         const KernelTable& k = table_for(isa);
         float* op = out.mutable_data();
+        FArrIn keep;
+        const float* sp = scale_ptr(wscale, code, V, keep, "embedding wscale");
         py::gil_scoped_release nogil;
-        k.embedding(op, tp, wp, wpe.data(), (int)T, (int)C, pos0, code);
+        k.embedding(op, tp, wp, sp, wpe.data(), (int)T, (int)C, pos0, code);
     }, py::arg("out"), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
-       py::arg("wdtype") = "float32", py::arg("isa") = "");
+       py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none());
 
     py::class_<PyEngine>(m, "Engine", py::module_local())
         .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
-                         std::vector<py::array> weights, std::vector<std::string> dtypes) {
-                 if (weights.size() != dtypes.size()) throw std::invalid_argument("Engine: weights/dtypes length differ");
+                         std::vector<py::array> weights, std::vector<std::string> dtypes, std::vector<py::object> scales) {
+                 if (weights.size() != dtypes.size() || weights.size() != scales.size())
+                     throw std::invalid_argument("Engine: weights/dtypes/scales lengths differ");
                  if (plan.ndim() != 2 || plan.shape(1) != 8) throw std::invalid_argument("Engine: plan must be [n_ops, 8]");
                  const Config c = read_config<Config>(cfg);
                  std::vector<PlanRow> rows(plan.shape(0));
@@ -163,14 +182,17 @@ PYBIND11_MODULE(_cpu, m) {
                      const int code = dtype_code(dtypes[i]);
                      if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: weights must be 1-D or 2-D");
                      const std::string name = "weight " + std::to_string(i);
-                     refs.push_back({weight_ptr(a, code, name), code, (int64_t)a.shape(0),
+                     FArrIn sc;
+                     const float* sp = scale_ptr(scales[i], code, a.shape(0), sc, (name + " scale").c_str());
+                     refs.push_back({weight_ptr(a, code, name), code, sp, (int64_t)a.shape(0),
                                      a.ndim() == 2 ? (int64_t)a.shape(1) : 1});
                      pe->keep.push_back(a);
+                     if (sp) pe->keep.push_back(sc);
                  }
                  pe->engine = std::make_shared<Engine>(c, std::move(rows), std::move(refs));
                  return pe;
              }),
-             py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"));
+             py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"), py::arg("scales"));
 
     py::class_<PySession>(m, "Session", py::module_local())
         .def(py::init([](PyEngine& e) { return PySession{std::make_shared<Session>(e.engine), e.engine}; }),

@@ -40,11 +40,6 @@ static inline float bf16_to_float(uint16_t h) {
     std::memcpy(&f, &bits, 4);
     return f;
 }
-static inline float scalar_w(const void* w, int64_t i, int dt) {
-    if (dt == tg::F32) return ((const float*)w)[i];
-    if (dt == tg::F16) return half_to_float(((const uint16_t*)w)[i]);
-    return bf16_to_float(((const uint16_t*)w)[i]);
-}
 
 #if defined(__AVX512F__)
 constexpr int VW = 16;
@@ -65,6 +60,9 @@ static inline float vhmax(V v) { return _mm512_reduce_max_ps(v); }
 static inline V vload_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 static inline V vload_bf16(const uint16_t* p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+static inline V vload_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
 }
 static inline V vround(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline V vpow2i(V n) {  // 2^n for integral n in [-126, 127]
@@ -100,6 +98,9 @@ static inline V vload_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_
 static inline V vload_bf16(const uint16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
+static inline V vload_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
 static inline V vround(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline V vpow2i(V n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
@@ -126,6 +127,7 @@ static inline float vsum(V v) { return (v.x[0] + v.x[2]) + (v.x[1] + v.x[3]); }
 static inline float vhmax(V v) { float m = v.x[0]; for (int i = 1; i < 4; i++) m = v.x[i] > m ? v.x[i] : m; return m; }
 static inline V vload_f16(const uint16_t* p) { V v; for (int i = 0; i < 4; i++) v.x[i] = half_to_float(p[i]); return v; }
 static inline V vload_bf16(const uint16_t* p) { V v; for (int i = 0; i < 4; i++) v.x[i] = bf16_to_float(p[i]); return v; }
+static inline V vload_i8(const int8_t* p) { V v; for (int i = 0; i < 4; i++) v.x[i] = (float)p[i]; return v; }
 static inline V vround(V a) { V r; for (int i = 0; i < 4; i++) r.x[i] = std::nearbyint(a.x[i]); return r; }
 static inline V vpow2i(V n) {
     V r;
@@ -140,6 +142,8 @@ struct f16_t { uint16_t bits; };
 struct bf16_t { uint16_t bits; };
 template <> inline V vload_w<f16_t>(const f16_t* p) { return vload_f16((const uint16_t*)p); }
 template <> inline V vload_w<bf16_t>(const bf16_t* p) { return vload_bf16((const uint16_t*)p); }
+template <> inline V vload_w<int8_t>(const int8_t* p) { return vload_i8(p); }
+static inline float sload_w(const int8_t* p) { return (float)*p; }
 static inline float sload_w(const float* p) { return *p; }
 #if defined(__F16C__)
 static inline float sload_w(const f16_t* p) { return _cvtsh_ss(p->bits); }

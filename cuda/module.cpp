@@ -42,6 +42,7 @@ PYBIND11_MODULE(_cuda, m) {
         expect_shape(w, {N, K}, "matmul w");
         expect_shape(out, {M, N}, "matmul out");
         const int code = dtype_code(wdtype);
+        if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
         const void* wp = weight_ptr(w, code, "matmul w");
         FArrIn bias;
         if (!b.is_none()) {
@@ -101,6 +102,7 @@ PYBIND11_MODULE(_cuda, m) {
         for (py::ssize_t t = 0; t < T; t++)
             if (tp[t] < 0 || tp[t] >= V) throw std::invalid_argument("embedding: token id out of range");
         const int code = dtype_code(wdtype);
+        if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
         const void* wp = weight_ptr(wte, code, "embedding wte");
         float* op = out.mutable_data();
         const int n_ctx = (int)wpe.shape(0);
@@ -113,6 +115,9 @@ PYBIND11_MODULE(_cuda, m) {
         .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
                          std::vector<py::array> weights, std::vector<std::string> dtypes) {
                  if (weights.size() != dtypes.size()) throw std::invalid_argument("Engine: weights/dtypes length differ");
+                 for (const std::string& d : dtypes)
+                     if (dtype_code(d) == 3)
+                         throw std::invalid_argument("int8 weights are supported by the cpu backend only");
                  if (plan.ndim() != 2 || plan.shape(1) != 8) throw std::invalid_argument("Engine: plan must be [n_ops, 8]");
                  const tgc::Config c = read_config<tgc::Config>(cfg);
                  std::vector<tgc::PlanRow> rows(plan.shape(0));

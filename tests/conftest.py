@@ -34,12 +34,28 @@ def rel_err(got, ref) -> float:
     return float(np.abs(np.asarray(got, np.float64) - ref).max() / max(1.0, np.abs(ref).max()))
 
 
+def widen(w, wdtype, wscale=None):
+    """Weights of any stored dtype as the float32 values the kernels must compute with."""
+    from tinygpt.weights import dequantize_int8, to_float32
+    if wdtype == "int8":
+        return dequantize_int8(w, wscale)
+    return to_float32(w, {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[wdtype])
+
+
+def make_weights(rng, shape, wdtype, scale=1.0):
+    """Random weights stored as wdtype: (array, row scales or None)."""
+    from tinygpt.weights import from_float32, quantize_int8
+    w = (rng.standard_normal(shape) * scale).astype(np.float32)
+    if wdtype == "int8":
+        return quantize_int8(w)
+    return from_float32(w, wdtype), None
+
+
 class NumpyKernels:
     name = "numpy"
 
-    def matmul(self, out, inp, w, b=None, flags=0, wdtype="float32"):
-        from tinygpt.weights import to_float32
-        w = to_float32(w, {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[wdtype])
+    def matmul(self, out, inp, w, b=None, flags=0, wdtype="float32", wscale=None):
+        w = widen(w, wdtype, wscale)
         ref_matmul.matmul(out, inp, w, b, gelu_act=bool(flags & 1), accumulate=bool(flags & 2))
 
     def layernorm(self, out, inp, w, b, eps=1e-5):
@@ -51,9 +67,8 @@ class NumpyKernels:
     def gelu(self, out, inp):
         ref_gelu.gelu(out, inp)
 
-    def embedding(self, out, tokens, wte, wpe, pos0=0, wdtype="float32"):
-        from tinygpt.weights import to_float32
-        wte = to_float32(wte, {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[wdtype])
+    def embedding(self, out, tokens, wte, wpe, pos0=0, wdtype="float32", wscale=None):
+        wte = widen(wte, wdtype, wscale)
         ref_embedding.embedding(out, np.asarray(tokens), wte, wpe, pos0)
 
 

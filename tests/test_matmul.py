@@ -5,12 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from conftest import TOL, rel_err
-from tinygpt.weights import from_float32, to_float32
+from conftest import TOL, make_weights, rel_err, widen
 
 SHAPES = [(1, 1, 1), (1, 7, 5), (1, 37, 29), (1, 50, 768), (2, 3, 5), (5, 33, 17), (6, 64, 64), (7, 65, 129),
           (13, 100, 300), (64, 96, 257), (1, 2304, 768)]
-ST = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 def reference(inp, w64, b, flags, out0):
@@ -34,15 +32,21 @@ def test_matmul_f32(kern, rng, M, N, K, flags):
     assert rel_err(out, ref) <= TOL["matmul"]
 
 
-@pytest.mark.parametrize("wdtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("M,N,K", [(1, 37, 29), (1, 64, 768), (9, 70, 100), (64, 96, 256)])
-def test_matmul_reduced_precision(kern, rng, M, N, K, wdtype):
+@pytest.mark.parametrize("wdtype", ["float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 29), (1, 64, 768), (9, 70, 100), (64, 96, 256), (7, 33, 300)])
+@pytest.mark.parametrize("flags", [0, 1, 2], ids=["plain", "gelu", "accum"])
+def test_matmul_reduced_precision(kern, rng, M, N, K, wdtype, flags):
+    if wdtype == "int8" and kern.name == "cuda":
+        pytest.skip("int8 weights are cpu-only")
     inp = rng.standard_normal((M, K)).astype(np.float32)
-    w = from_float32(rng.standard_normal((N, K)).astype(np.float32) / math.sqrt(K), wdtype)
-    w64 = to_float32(w, ST[wdtype]).astype(np.float64)
-    out = np.full((M, N), np.nan, np.float32)
-    kern.matmul(out, inp, w, None, flags=0, wdtype=wdtype)
-    assert rel_err(out, reference(inp, w64, None, 0, out)) <= TOL["matmul"]
+    w, scale = make_weights(rng, (N, K), wdtype, 1 / math.sqrt(K))
+    w64 = widen(w, wdtype, scale).astype(np.float64)
+    b = rng.standard_normal(N).astype(np.float32)
+    out = rng.standard_normal((M, N)).astype(np.float32)
+    ref = reference(inp, w64, b, flags, out)
+    kw = dict(wscale=scale) if scale is not None else {}
+    kern.matmul(out, inp, w, b, flags=flags, wdtype=wdtype, **kw)
+    assert rel_err(out, ref) <= TOL["matmul"]
 
 
 def test_matmul_no_bias_large_k(kern, rng):

@@ -40,15 +40,18 @@ def test_greedy_matches_transformers(models, backend, source):
     assert len(set(r.tokens)) > 10  # the checkpoint's output depends on context (no one-token loop)
 
 
-@pytest.mark.parametrize("dtype,tol", [("float16", 0.02), ("bfloat16", 0.15)])
-def test_reduced_precision_logits(models, backend, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,corr", [("float16", 0.02, 0.9999), ("bfloat16", 0.15, 0.9999),
+                                            ("int8", 0.15, 0.999)])
+def test_reduced_precision_logits(models, backend, dtype, tol, corr):
     if backend == "numpy":
         pytest.skip("numpy computes in float32 (reduced-precision weights are widened at load)")
+    if backend == "cuda" and dtype == "int8":
+        pytest.skip("int8 weights are cpu-only")
     lg = models(backend, "hf", dtype).logits(DATA["ids"])
     ref = DATA["logits"]
     got = lg[list(DATA["rows"])]
     assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
-    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9999
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > corr
 
 
 def test_cached_equals_uncached(models, backend):

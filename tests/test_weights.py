@@ -44,7 +44,7 @@ def test_conv1d_is_transposed(tiny_dir):
     assert ck.tensors["h.1.mlp.c_proj.weight"].shape == (32, 128)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
 def test_convert_roundtrip(tmp_path, tiny_dir, base_logits, dtype):
     out = tmp_path / "tg"
     save_tinygpt(load_checkpoint(tiny_dir), out, dtype)
@@ -179,3 +179,22 @@ def test_missing_vocab(tmp_path):
     d = write_hf_dir(tmp_path / "m", vocab=False)
     with pytest.raises(WeightsError, match="vocab.json"):
         tinygpt.load(d, backend="numpy")
+
+
+def test_int8_scales_required(tmp_path, tiny_dir):
+    out = tmp_path / "q.safetensors"
+    save_tinygpt(load_checkpoint(tiny_dir), out, "int8")
+    sf = SafetensorsFile(out)
+    assert sf.dtype_of("h.0.mlp.c_fc.weight") == "I8" and sf.shape_of("h.0.mlp.c_fc.weight.scale") == (128,)
+    items = {k: (sf.dtype_of(k), np.array(sf.view(k))) for k in sf.keys() if k != "wte.weight.scale"}
+    write_safetensors(out, items, sf.metadata)
+    with pytest.raises(WeightsError, match="wte.weight.scale"):
+        load_checkpoint(out)
+
+
+def test_int8_dequantizes_within_half_a_step(tiny_dir):
+    ck = load_checkpoint(tiny_dir)
+    q = load_checkpoint(tiny_dir, "int8")
+    name = "h.0.attn.c_attn.weight"
+    w, wq, s = ck.float32(name), q.float32(name), q.scale_of(name)
+    assert np.all(np.abs(w - wq) <= s[:, None] * 0.5 + 1e-7)

@@ -39,8 +39,9 @@ def _add_model_args(p):
                         "path (HF directory, or a tinygpt file/directory from `tinygpt convert`); default gpt2")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"],
                    help="auto = cuda if a GPU is present, else cpu (C++/OpenMP), else numpy")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="convert weight matrices at load (default: as stored); numpy computes in float32")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "int8"], default=None,
+                   help="convert weight matrices at load (default: as stored); int8 is per-row symmetric, cpu "
+                        "backend only; numpy computes in float32")
     p.add_argument("-t", "--threads", type=int, default=None,
                    help="CPU threads for the cpu backend (default: TINYGPT_NUM_THREADS or all cores)")
     p.add_argument("--offline", action="store_true", default=None,
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "file, or a directory that gets model.safetensors. The vocabulary is copied beside it.")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "int8"], default=None,
                    help="matrix dtype to store (default: as in SRC)")
     c.add_argument("--offline", action="store_true", default=None, help="never download")
     c.add_argument("--cache-dir", default=None)

@@ -2,8 +2,9 @@
 
 tinygpt layout: every matrix is [out, in] (as nn.Linear; HF's Conv1D stores [in, out], so those four per
 layer are transposed once, at load or at `tinygpt convert`). That lets the tied head use `wte` as is and
-gives every matmul the same kernel. Matrices (and wte) may be float32, float16 or bfloat16 (uint16 bits);
-vectors are always float32. A converted tinygpt file is memory-mapped: no copy, no transpose at load.
+gives every matmul the same kernel. Matrices (and wte) may be float32, float16, bfloat16 (uint16 bits) or
+int8 (symmetric, one float32 scale per output row, stored as `NAME.scale`); vectors are always float32.
+A converted tinygpt file is memory-mapped: no copy, no transpose at load.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from .tokenizer import find_vocab_files
 
 FORMAT_NAME = "tinygpt"
 FORMAT_VERSION = "1"
-DTYPES = ("float32", "float16", "bfloat16")
-_ST_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+_ST_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "I8"}
+SCALE = ".scale"  # suffix of an int8 matrix's per-row scales
 _HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -65,7 +67,22 @@ def to_float32(arr: np.ndarray, st_dtype: str) -> np.ndarray:
     raise WeightsError(f"cannot use a {st_dtype} tensor as floating-point weights")
 
 
+def quantize_int8(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: q = round(w / s), s = max|row| / 127 (rows of zeros get s = 1)."""
+    a = np.asarray(arr, np.float32)
+    amax = np.abs(a).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * scale[:, None]
+
+
 def from_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "int8":
+        raise ValueError("int8 needs scales: use quantize_int8")
     if dtype == "float32":
         return np.ascontiguousarray(arr, dtype=np.float32)
     if dtype == "float16":
@@ -90,7 +107,14 @@ class Checkpoint:
 
     def float32(self, name: str) -> np.ndarray:
         a = self.tensors[name]
-        return to_float32(a, _ST_OF[self.dtype]) if is_matrix(name) else a
+        if not is_matrix(name):
+            return a
+        if self.dtype == "int8":
+            return dequantize_int8(a, self.tensors[name + SCALE])
+        return to_float32(a, _ST_OF[self.dtype])
+
+    def scale_of(self, name: str) -> np.ndarray | None:
+        return self.tensors.get(name + SCALE)
 
     @property
     def nbytes(self) -> int:
@@ -143,17 +167,35 @@ def _build(cfg: GPT2Config, entries: dict[str, _Entry], dtype: str, hf_layout: b
         if tuple(got_shape) != want:
             raise WeightsError(f"{where}: tensor {name!r} has shape {list(got_shape)}, expected {list(want)} "
                                "from the config")
-        if st not in ("F32", "F16", "BF16", "F64"):
+        if st not in ("F32", "F16", "BF16", "F64") and not (st == "I8" and not hf_layout):
             raise WeightsError(f"{where}: tensor {name!r} has non-float dtype {st}")
         target = dtype if is_matrix(name) else "float32"
         if not transpose and st == _ST_OF[target]:
             tensors[name] = load(False)  # zero-copy (mmap view when the source is safetensors)
+            if st == "I8":
+                tensors[name + SCALE] = _scale_entry(entries, name, shape[0], where)
             continue
-        arr = to_float32(load(True), st)
+        if st == "I8":
+            arr = dequantize_int8(load(True), _scale_entry(entries, name, shape[0], where))
+        else:
+            arr = to_float32(load(True), st)
         if transpose:
             arr = arr.T
-        tensors[name] = from_float32(arr, target)
+        if target == "int8":
+            tensors[name], tensors[name + SCALE] = quantize_int8(arr)
+        else:
+            tensors[name] = from_float32(arr, target)
     return tensors
+
+
+def _scale_entry(entries: dict, name: str, rows: int, where: str) -> np.ndarray:
+    e = entries.get(name + SCALE)
+    if e is None:
+        raise WeightsError(f"{where}: int8 tensor {name!r} has no {name + SCALE!r}")
+    st, shape, load = e
+    if st != "F32" or tuple(shape) != (rows,):
+        raise WeightsError(f"{where}: {name + SCALE!r} must be float32 [{rows}], got {st} {list(shape)}")
+    return load(False)
 
 
 def _check_dtype(dtype: str | None) -> None:
@@ -246,12 +288,19 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
     out = {}
     names = list(expected_shapes(ck.config))
     for i, name in enumerate(names):
-        a = ck.tensors[name]
-        if is_matrix(name) and dtype != ck.dtype:
-            a = from_float32(ck.float32(name), dtype)
-        if not np.isfinite(to_float32(a, _ST_OF[dtype] if is_matrix(name) else "F32")).all():
+        if not np.isfinite(ck.float32(name)).all():
             raise WeightsError(f"{ck.path}: tensor {name!r} holds NaN or inf values (corrupt checkpoint)")
-        out[name] = (_ST_OF[dtype] if is_matrix(name) else "F32", a)
+        if not is_matrix(name):
+            out[name] = ("F32", ck.tensors[name])
+        elif dtype == ck.dtype:
+            out[name] = (_ST_OF[dtype], ck.tensors[name])
+            if dtype == "int8":
+                out[name + SCALE] = ("F32", ck.tensors[name + SCALE])
+        elif dtype == "int8":
+            q, scale = quantize_int8(ck.float32(name))
+            out[name], out[name + SCALE] = ("I8", q), ("F32", scale)
+        else:
+            out[name] = (_ST_OF[dtype], from_float32(ck.float32(name), dtype))
         if progress:
             progress(i + 1, len(names))
     meta = {

@@ -23,15 +23,16 @@ class CpuBackend:
             _cpu.set_num_threads(threads)
         self.cfg = ck.config
         self.dtype = ck.dtype
-        arrays, dtypes = [], []
+        arrays, dtypes, scales = [], [], []
         for n in weight_names:
             a = ck.tensors[n]
             dtypes.append(ck.dtype if is_matrix(n) else "float32")
             arrays.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+            scales.append(ck.scale_of(n) if is_matrix(n) else None)
         c = self.cfg
         cfg = dict(n_vocab=c.n_vocab, n_ctx=c.n_ctx, n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer,
                    d_ff=c.d_ff, eps=float(c.eps))
-        self.engine = _cpu.Engine(cfg, plan, arrays, dtypes)
+        self.engine = _cpu.Engine(cfg, plan, arrays, dtypes, scales)
 
     def new_session(self) -> "CpuSession":
         return CpuSession(self)

@@ -17,6 +17,9 @@ class CudaBackend:
         except ImportError as e:
             raise BackendUnavailableError(f"tinygpt._cuda is not available: {e}") from None
         self._cuda = _cuda
+        if ck.dtype == "int8":
+            raise BackendUnavailableError("int8 weights are supported by the cpu backend only; load with "
+                                          "dtype='float16' or 'bfloat16' for cuda")
         self.cfg, self.dtype = ck.config, ck.dtype
         arrays, dtypes = [], []
         for n in weight_names:

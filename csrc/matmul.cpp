@@ -51,16 +51,61 @@ void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, con
 }
 
 // ---- GEMM (M > 1) -------------------------------------------------------------------------------
+#if defined(__AVX2__)
+// 8 weights of any stored type as 8 floats (AVX2 part of both the AVX2 and the AVX-512 builds).
+static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8(const f16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+static inline __m256 load8(const bf16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+static inline __m256 load8(const int8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
+
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+#endif
+
+// Bp[kc, NR] <- W[n0:n0+ncols, k0:k0+kc] transposed and widened to float (int8: times its row scale);
+// columns past ncols are zero. Full panels go through 8x8 register transposes.
 template <typename WT>
 void pack_panel(float* Bp /*[kc, NR]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/, int n0, int ncols,
                 int k0, int kc, int K) {
+#if defined(__AVX2__)
+    if (ncols == NR && kc % 8 == 0) {
+        for (int jb = 0; jb < NR; jb += 8) {
+            __m256 sc[8];
+            for (int j = 0; j < 8; j++) sc[j] = _mm256_set1_ps(ws ? ws[n0 + jb + j] : 1.0f);
+            for (int kk = 0; kk < kc; kk += 8) {
+                __m256 r[8];
+                for (int j = 0; j < 8; j++) {
+                    r[j] = load8(W + (int64_t)(n0 + jb + j) * K + k0 + kk);
+                    if (ws) r[j] = _mm256_mul_ps(r[j], sc[j]);
+                }
+                transpose8(r);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(Bp + (kk + i) * NR + jb, r[i]);
+            }
+        }
+        return;
+    }
+#endif
     for (int j = 0; j < ncols; j++) {
         const WT* row = W + (int64_t)(n0 + j) * K + k0;
         const float s = ws ? ws[n0 + j] : 1.0f;  // int8: dequantize while packing
-        if (ws)
-            for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = sload_w(row + kk) * s;
-        else
-            for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = sload_w(row + kk);
+        for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = ws ? sload_w(row + kk) * s : sload_w(row + kk);
     }
     for (int j = ncols; j < NR; j++)
         for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = 0.0f;

@@ -48,9 +48,9 @@ def main(path):
         print()
     kern = [(n, x, t) for n, x, t in rows if "kernel" in x]
     if kern:
-        print("| kernel | median | GFLOP/s | GB/s |\n|---|---|---|---|")
+        print("| kernel | median | GFLOP/s | GB/s | MB/s |\n|---|---|---|---|---|")
         for n, x, t in kern:
-            print(f"| {n} | {t * 1e3:.3f} ms | {x.get('gflop_s', '')} | {x.get('gb_s', '')} |")
+            print(f"| {n} | {t * 1e3:.3f} ms | {x.get('gflop_s', '')} | {x.get('gb_s', '')} | {x.get('mb_s', '')} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""Tokenizer encode throughput (MB/s) on ~1 MB of English-like text, beside tiktoken's `gpt2` on the same
+files, single thread. The text is built from this repository's own English prose (README, docstrings) so it
+has realistic word and punctuation statistics without shipping a corpus."""
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_pedantic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny_model import vocab_dir  # noqa: E402
+
+from tinygpt.tokenizer import Tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def english_text(n_bytes=1_000_000) -> str:
+    parts = [ROOT / "README.md"] + sorted((ROOT / "python" / "tinygpt").rglob("*.py"))
+    base = "\n".join(p.read_text(encoding="utf-8") for p in parts)
+    # vary the repeats (numbers, case) so the BPE cache does not see only identical words
+    out, i = [], 0
+    while sum(map(len, out)) < n_bytes:
+        out.append(base.replace("the ", f"the{'' if i % 3 else ' '}").replace("tinygpt", f"tinygpt{i % 97}"))
+        i += 1
+    return "".join(out)[:n_bytes]
+
+
+@pytest.fixture(scope="module")
+def text():
+    return english_text()
+
+
+def _tiktoken():
+    tiktoken = pytest.importorskip("tiktoken", reason="peer not installed: pip install tiktoken")
+    import tiktoken.load
+    v = vocab_dir()
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(v / "vocab.bpe"), encoder_json_file=str(v / "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    return tiktoken.Encoding(
+        name="gpt2", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256},
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""", explicit_n_vocab=50257)
+
+
+def bench_tokenizer_tinygpt(benchmark, text):
+    v = vocab_dir()
+    tok = Tokenizer.from_files(v / "encoder.json", v / "vocab.bpe")  # a fresh cache: the first round is cold
+    ids = run_pedantic(benchmark, lambda: tok.encode(text), rounds=3)
+    benchmark.extra_info.update(kernel="tokenizer", impl="tinygpt", mb=round(len(text.encode()) / 1e6, 2),
+                                tokens=len(ids), mb_s=round(len(text.encode()) / benchmark.stats.stats.median / 1e6, 2))
+
+
+def bench_tokenizer_tiktoken(benchmark, text):
+    enc = _tiktoken()
+    ids = run_pedantic(benchmark, lambda: enc.encode_ordinary(text), rounds=3)
+    v = vocab_dir()
+    assert ids == Tokenizer.from_files(v / "encoder.json", v / "vocab.bpe").encode(text)
+    benchmark.extra_info.update(kernel="tokenizer", impl="tiktoken", mb=round(len(text.encode()) / 1e6, 2),
+                                tokens=len(ids), mb_s=round(len(text.encode()) / benchmark.stats.stats.median / 1e6, 2))

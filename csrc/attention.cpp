@@ -38,6 +38,85 @@ static inline void dot4(float* s, const float* q, const float* k0, int hd, int n
     }
 }
 
+// Scores sc[0..L) = (q . K[j]) * scale, then softmax in place; returns 1 / sum of the exponentials.
+static float softmax_inplace(float* sc, int L) {
+    const int Lv = L - L % VW;
+    V vmx = vset1(-3.0e38f);
+    for (int i = 0; i < Lv; i += VW) vmx = vmax(vmx, vload(sc + i));
+    float mx = vhmax(vmx);
+    for (int i = Lv; i < L; i++) mx = sc[i] > mx ? sc[i] : mx;
+    V vsum_ = vzero(), vmv = vset1(mx);
+    for (int i = 0; i < Lv; i += VW) {
+        V e = vexp(vsub(vload(sc + i), vmv));
+        vstore(sc + i, e);
+        vsum_ = vadd(vsum_, e);
+    }
+    float sum = vsum(vsum_);
+    for (int i = Lv; i < L; i++) {
+        float ev;
+        V e = vexp(vset1(sc[i] - mx));
+        std::memcpy(&ev, &e, sizeof(float));
+        sc[i] = ev;
+        sum += ev;
+    }
+    return 1.0f / sum;
+}
+
+// Any head size: q, K rows and the output accumulator go through memory.
+static void attend_any(float* o, const float* q, const float* K, const float* Vc, int L, int hd, float scale,
+                       float* sc, float* acc) {
+    int j = 0;
+    for (; j + 4 <= L; j += 4) dot4(sc + j, q, K + (int64_t)j * hd, hd, hd);
+    for (; j < L; j++) sc[j] = dot(q, K + (int64_t)j * hd, hd);
+    for (int i = 0; i < L; i++) sc[i] *= scale;
+    const float inv = softmax_inplace(sc, L);
+    const int hv = hd - hd % VW;
+    for (int i = 0; i < hd; i++) acc[i] = 0.0f;
+    for (int jj = 0; jj < L; jj++) {
+        const float p = sc[jj];
+        const float* vr = Vc + (int64_t)jj * hd;
+        V pv = vset1(p);
+        for (int i = 0; i < hv; i += VW) vstore(acc + i, vfma(pv, vload(vr + i), vload(acc + i)));
+        for (int i = hv; i < hd; i++) acc[i] += p * vr[i];
+    }
+    for (int i = 0; i < hd; i++) o[i] = acc[i] * inv;
+}
+
+// Head size NV * VW (64 for GPT-2): q and the output accumulator live in registers.
+template <int NV>
+static void attend_fixed(float* o, const float* q, const float* K, const float* Vc, int L, float scale, float* sc) {
+    constexpr int HD = NV * VW;
+    V qv[NV];
+    for (int i = 0; i < NV; i++) qv[i] = vmul(vload(q + i * VW), vset1(scale));
+    int j = 0;
+    for (; j + 4 <= L; j += 4) {
+        const float* k0 = K + (int64_t)j * HD;
+        V a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+        for (int i = 0; i < NV; i++) {
+            a0 = vfma(qv[i], vload(k0 + i * VW), a0);
+            a1 = vfma(qv[i], vload(k0 + HD + i * VW), a1);
+            a2 = vfma(qv[i], vload(k0 + 2 * HD + i * VW), a2);
+            a3 = vfma(qv[i], vload(k0 + 3 * HD + i * VW), a3);
+        }
+        sc[j] = vsum(a0), sc[j + 1] = vsum(a1), sc[j + 2] = vsum(a2), sc[j + 3] = vsum(a3);
+    }
+    for (; j < L; j++) {
+        V a = vzero();
+        for (int i = 0; i < NV; i++) a = vfma(qv[i], vload(K + (int64_t)j * HD + i * VW), a);
+        sc[j] = vsum(a);
+    }
+    const float inv = softmax_inplace(sc, L);
+    V acc[NV];
+    for (int i = 0; i < NV; i++) acc[i] = vzero();
+    for (int jj = 0; jj < L; jj++) {
+        const V p = vset1(sc[jj]);
+        const float* vr = Vc + (int64_t)jj * HD;
+        for (int i = 0; i < NV; i++) acc[i] = vfma(p, vload(vr + i * VW), acc[i]);
+    }
+    const V vi = vset1(inv);
+    for (int i = 0; i < NV; i++) vstore(o + i * VW, vmul(acc[i], vi));
+}
+
 void attention(float* out /*[T,C]*/, const float* qkv /*[T,3C]*/, float* k_cache /*[H,n_ctx,hd]*/,
                float* v_cache /*[H,n_ctx,hd]*/, int T, int pos0, int H, int hd, int n_ctx) {
     const int C = H * hd;
@@ -68,40 +147,11 @@ void attention(float* out /*[T,C]*/, const float* qkv /*[T,3C]*/, float* k_cache
             const float* q = qkv + (int64_t)t * 3 * C + h * hd;
             const float* K = k_cache + (int64_t)h * n_ctx * hd;
             const float* Vc = v_cache + (int64_t)h * n_ctx * hd;
-            int j = 0;
-            for (; j + 4 <= L; j += 4) dot4(sc + j, q, K + (int64_t)j * hd, hd, hd);
-            for (; j < L; j++) sc[j] = dot(q, K + (int64_t)j * hd, hd);
-            const int Lv = L - L % VW;
-            V vs = vset1(scale), vmx = vset1(-3.0e38f);
-            for (int i = 0; i < Lv; i += VW) vstore(sc + i, vmul(vload(sc + i), vs)), vmx = vmax(vmx, vload(sc + i));
-            float mx = vhmax(vmx);
-            for (int i = Lv; i < L; i++) sc[i] *= scale, mx = sc[i] > mx ? sc[i] : mx;
-            V vsum_ = vzero(), vmv = vset1(mx);
-            for (int i = 0; i < Lv; i += VW) {
-                V e = vexp(vsub(vload(sc + i), vmv));
-                vstore(sc + i, e);
-                vsum_ = vadd(vsum_, e);
-            }
-            float sum = vsum(vsum_);
-            for (int i = Lv; i < L; i++) {
-                V e = vexp(vset1(sc[i] - mx));
-                float ev;
-                std::memcpy(&ev, &e, sizeof(float));
-                sc[i] = ev;
-                sum += ev;
-            }
-            const float inv = 1.0f / sum;
-            const int hv = hd - hd % VW;
-            for (int i = 0; i < hd; i++) acc[i] = 0.0f;
-            for (int jj = 0; jj < L; jj++) {
-                const float p = sc[jj];
-                const float* vr = Vc + (int64_t)jj * hd;
-                V pv = vset1(p);
-                for (int i = 0; i < hv; i += VW) vstore(acc + i, vfma(pv, vload(vr + i), vload(acc + i)));
-                for (int i = hv; i < hd; i++) acc[i] += p * vr[i];
-            }
             float* o = out + (int64_t)t * C + h * hd;
-            for (int i = 0; i < hd; i++) o[i] = acc[i] * inv;
+            if (hd == 64)
+                attend_fixed<64 / VW>(o, q, K, Vc, L, scale, sc);
+            else
+                attend_any(o, q, K, Vc, L, hd, scale, sc, acc);
         }
     }
     std::free(scratch);

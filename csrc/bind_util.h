@@ -52,6 +52,66 @@ inline const void* weight_ptr(const py::array& a, int code, const std::string& n
     return a.data();
 }
 
+// Argument checks of the single-kernel bindings, shared by both modules; each returns the dimensions.
+struct MatmulDims { py::ssize_t M, N, K; };
+inline MatmulDims check_matmul(const py::array& out, const py::array& inp, const py::array& w, int flags) {
+    if (inp.ndim() != 2 || w.ndim() != 2) throw std::invalid_argument("matmul: inp and w must be 2-D");
+    const py::ssize_t M = inp.shape(0), K = inp.shape(1), N = w.shape(0);
+    expect_shape(w, {N, K}, "matmul w");
+    expect_shape(out, {M, N}, "matmul out");
+    if ((flags & 1) && (flags & 2)) throw std::invalid_argument("matmul: GELU with ACCUM is not supported");
+    return {M, N, K};
+}
+
+// Optional float32 bias [N]: null when b is None; `keep` owns a converted copy.
+inline const float* bias_ptr(const py::object& b, py::ssize_t N, FArrIn& keep) {
+    if (b.is_none()) return nullptr;
+    keep = FArrIn::ensure(b);
+    if (!keep) throw std::invalid_argument("matmul b: not convertible to float32");
+    expect_shape(keep, {N}, "matmul b");
+    return keep.data();
+}
+
+struct RowsDims { py::ssize_t M, C; };
+inline RowsDims check_layernorm(const py::array& out, const py::array& inp, const py::array& w, const py::array& b) {
+    if (inp.ndim() != 2) throw std::invalid_argument("layernorm: inp must be 2-D");
+    const py::ssize_t M = inp.shape(0), C = inp.shape(1);
+    expect_shape(out, {M, C}, "layernorm out");
+    expect_shape(w, {C}, "layernorm w");
+    expect_shape(b, {C}, "layernorm b");
+    return {M, C};
+}
+
+struct AttnDims { py::ssize_t T, C, hd, n_ctx; };
+inline AttnDims check_attention(const py::array& out, const py::array& qkv, const py::array& kc, const py::array& vc,
+                                int pos0, int n_head) {
+    if (qkv.ndim() != 2 || qkv.shape(1) % 3) throw std::invalid_argument("attention: qkv must be [T, 3C]");
+    const py::ssize_t T = qkv.shape(0), C = qkv.shape(1) / 3;
+    if (n_head <= 0 || C % n_head) throw std::invalid_argument("attention: C must be divisible by n_head");
+    const py::ssize_t hd = C / n_head;
+    if (kc.ndim() != 3) throw std::invalid_argument("attention: k_cache must be [H, n_ctx, hd]");
+    const py::ssize_t n_ctx = kc.shape(1);
+    expect_shape(kc, {n_head, n_ctx, hd}, "attention k_cache");
+    expect_shape(vc, {n_head, n_ctx, hd}, "attention v_cache");
+    expect_shape(out, {T, C}, "attention out");
+    if (pos0 < 0 || pos0 + T > n_ctx) throw std::invalid_argument("attention: pos0 + T exceeds n_ctx");
+    return {T, C, hd, n_ctx};
+}
+
+struct EmbedDims { py::ssize_t T, C, V; };
+inline EmbedDims check_embedding(const py::array& out, const IArrIn& tokens, const py::array& wte,
+                                 const py::array& wpe, int pos0) {
+    if (wte.ndim() != 2 || wpe.ndim() != 2) throw std::invalid_argument("embedding: wte and wpe must be 2-D");
+    const py::ssize_t T = tokens.size(), C = wte.shape(1), V = wte.shape(0);
+    expect_shape(out, {T, C}, "embedding out");
+    if (wpe.shape(1) != C || pos0 < 0 || pos0 + T > wpe.shape(0))
+        throw std::invalid_argument("embedding: wpe must be [n_ctx, C] with pos0 + T <= n_ctx");
+    const int32_t* tp = tokens.data();
+    for (py::ssize_t t = 0; t < T; t++)
+        if (tp[t] < 0 || tp[t] >= V) throw std::invalid_argument("embedding: token id out of range");
+    return {T, C, V};
+}
+
 // Validates the Engine constructor's config dict fields both backends read.
 template <typename Config>
 Config read_config(py::dict cfg) {

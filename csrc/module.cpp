@@ -79,20 +79,10 @@ PYBIND11_MODULE(_cpu, m) {
 
     m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype,
                        const std::string& isa, py::object wscale) {
-        if (inp.ndim() != 2 || w.ndim() != 2) throw std::invalid_argument("matmul: inp and w must be 2-D");
-        const py::ssize_t M = inp.shape(0), K = inp.shape(1), N = w.shape(0);
-        expect_shape(w, {N, K}, "matmul w");
-        expect_shape(out, {M, N}, "matmul out");
+        const auto [M, N, K] = check_matmul(out, inp, w, flags);
         const void* wp = weight_ptr(w, dtype_code(wdtype), "matmul w");
         FArrIn bias;
-        const float* bp = nullptr;
-        if (!b.is_none()) {
-            bias = FArrIn::ensure(b);
-            if (!bias) throw std::invalid_argument("matmul b: not convertible to float32");
-            expect_shape(bias, {N}, "matmul b");
-            bp = bias.data();
-        }
-        if ((flags & GELU) && (flags & ACCUM)) throw std::invalid_argument("matmul: GELU with ACCUM is not supported");
+        const float* bp = bias_ptr(b, N, bias);
         const KernelTable& k = table_for(isa);
         float* op = out.mutable_data();
         const float* ip = inp.data();
@@ -106,11 +96,7 @@ PYBIND11_MODULE(_cpu, m) {
        "out[M,N] (+)= act(inp[M,K] @ (w[N,K] * wscale[N,None]).T + b[N]); flags: 1 = GELU, 2 = accumulate");
 
     m.def("layernorm", [](FArrOut out, FArrIn inp, FArrIn w, FArrIn b, float eps, const std::string& isa) {
-        if (inp.ndim() != 2) throw std::invalid_argument("layernorm: inp must be 2-D");
-        const py::ssize_t M = inp.shape(0), C = inp.shape(1);
-        expect_shape(out, {M, C}, "layernorm out");
-        expect_shape(w, {C}, "layernorm w");
-        expect_shape(b, {C}, "layernorm b");
+        const auto [M, C] = check_layernorm(out, inp, w, b);
         const KernelTable& k = table_for(isa);
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
@@ -119,16 +105,7 @@ PYBIND11_MODULE(_cpu, m) {
 
     m.def("attention", [](FArrOut out, FArrIn qkv, FArrOut k_cache, FArrOut v_cache, int pos0, int n_head,
                           const std::string& isa) {
-        if (qkv.ndim() != 2 || qkv.shape(1) % 3) throw std::invalid_argument("attention: qkv must be [T, 3C]");
-        const py::ssize_t T = qkv.shape(0), C = qkv.shape(1) / 3;
-        if (n_head <= 0 || C % n_head) throw std::invalid_argument("attention: C must be divisible by n_head");
-        const py::ssize_t hd = C / n_head;
-        if (k_cache.ndim() != 3) throw std::invalid_argument("attention: k_cache must be [H, n_ctx, hd]");
-        const py::ssize_t n_ctx = k_cache.shape(1);
-        expect_shape(k_cache, {n_head, n_ctx, hd}, "attention k_cache");
-        expect_shape(v_cache, {n_head, n_ctx, hd}, "attention v_cache");
-        expect_shape(out, {T, C}, "attention out");
-        if (pos0 < 0 || pos0 + T > n_ctx) throw std::invalid_argument("attention: pos0 + T exceeds n_ctx");
+        const auto [T, C, hd, n_ctx] = check_attention(out, qkv, k_cache, v_cache, pos0, n_head);
         const KernelTable& k = table_for(isa);
         float *op = out.mutable_data(), *kp = k_cache.mutable_data(), *vp = v_cache.mutable_data();
         py::gil_scoped_release nogil;
@@ -147,13 +124,8 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("embedding", [](FArrOut out, IArrIn tokens,
                           py::array wte, FArrIn wpe, int pos0, const std::string& wdtype, const std::string& isa,
                           py::object wscale) {
-        const py::ssize_t T = tokens.size(), C = wte.shape(1), V = wte.shape(0);
-        expect_shape(out, {T, C}, "embedding out");
-        if (wpe.ndim() != 2 || wpe.shape(1) != C || pos0 < 0 || pos0 + T > wpe.shape(0))
-            throw std::invalid_argument("embedding: wpe must be [n_ctx, C] with pos0 + T <= n_ctx");
+        const auto [T, C, V] = check_embedding(out, tokens, wte, wpe, pos0);
         const int32_t* tp = tokens.data();
-        for (py::ssize_t t = 0; t < T; t++)
-            if (tp[t] < 0 || tp[t] >= V) throw std::invalid_argument("embedding: token id out of range");
         const int code = dtype_code(wdtype);
         const void* wp = weight_ptr(wte, code, "embedding wte");
         const KernelTable& k = table_for(isa);

@@ -37,21 +37,12 @@ PYBIND11_MODULE(_cuda, m) {
     });
 
     m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype) {
-        if (inp.ndim() != 2 || w.ndim() != 2) throw std::invalid_argument("matmul: inp and w must be 2-D");
-        const py::ssize_t M = inp.shape(0), K = inp.shape(1), N = w.shape(0);
-        expect_shape(w, {N, K}, "matmul w");
-        expect_shape(out, {M, N}, "matmul out");
+        const auto [M, N, K] = check_matmul(out, inp, w, flags);
         const int code = dtype_code(wdtype);
         if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
         const void* wp = weight_ptr(w, code, "matmul w");
         FArrIn bias;
-        if (!b.is_none()) {
-            bias = FArrIn::ensure(b);
-            if (!bias) throw std::invalid_argument("matmul b: not convertible to float32");
-            expect_shape(bias, {N}, "matmul b");
-        }
-        if ((flags & 1) && (flags & 2)) throw std::invalid_argument("matmul: GELU with ACCUM is not supported");
-        const float* bp = b.is_none() ? nullptr : bias.data();
+        const float* bp = bias_ptr(b, N, bias);
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
         tgc::matmul_host(op, inp.data(), wp, bp, (int)M, (int)N, (int)K, code, flags);
@@ -59,27 +50,15 @@ PYBIND11_MODULE(_cuda, m) {
        py::arg("wdtype") = "float32");
 
     m.def("layernorm", [](FArrOut out, FArrIn inp, FArrIn w, FArrIn b, float eps) {
-        if (inp.ndim() != 2) throw std::invalid_argument("layernorm: inp must be 2-D");
-        const py::ssize_t M = inp.shape(0), C = inp.shape(1);
-        expect_shape(out, {M, C}, "layernorm out");
-        expect_shape(w, {C}, "layernorm w");
-        expect_shape(b, {C}, "layernorm b");
+        const auto [M, C] = check_layernorm(out, inp, w, b);
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
         tgc::layernorm_host(op, inp.data(), w.data(), b.data(), (int)M, (int)C, eps);
     }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b"), py::arg("eps") = 1e-5f);
 
     m.def("attention", [](FArrOut out, FArrIn qkv, FArrOut k_cache, FArrOut v_cache, int pos0, int n_head) {
-        if (qkv.ndim() != 2 || qkv.shape(1) % 3) throw std::invalid_argument("attention: qkv must be [T, 3C]");
-        const py::ssize_t T = qkv.shape(0), C = qkv.shape(1) / 3;
-        if (n_head <= 0 || C % n_head) throw std::invalid_argument("attention: C must be divisible by n_head");
-        const py::ssize_t hd = C / n_head;
-        if (k_cache.ndim() != 3) throw std::invalid_argument("attention: k_cache must be [H, n_ctx, hd]");
-        const py::ssize_t n_ctx = k_cache.shape(1);
-        expect_shape(k_cache, {n_head, n_ctx, hd}, "attention k_cache");
-        expect_shape(v_cache, {n_head, n_ctx, hd}, "attention v_cache");
-        expect_shape(out, {T, C}, "attention out");
-        if (pos0 < 0 || pos0 + T > n_ctx) throw std::invalid_argument("attention: pos0 + T exceeds n_ctx");
+        const auto [T, C, hd, n_ctx] = check_attention(out, qkv, k_cache, v_cache, pos0, n_head);
+        (void)C;
         float *op = out.mutable_data(), *kp = k_cache.mutable_data(), *vp = v_cache.mutable_data();
         py::gil_scoped_release nogil;
         tgc::attention_host(op, qkv.data(), kp, vp, (int)T, pos0, n_head, (int)hd, (int)n_ctx);
@@ -93,14 +72,8 @@ PYBIND11_MODULE(_cuda, m) {
     }, py::arg("out"), py::arg("inp"));
 
     m.def("embedding", [](FArrOut out, IArrIn tokens, py::array wte, FArrIn wpe, int pos0, const std::string& wdtype) {
-        if (wte.ndim() != 2 || wpe.ndim() != 2) throw std::invalid_argument("embedding: wte and wpe must be 2-D");
-        const py::ssize_t T = tokens.size(), C = wte.shape(1), V = wte.shape(0);
-        expect_shape(out, {T, C}, "embedding out");
-        if (wpe.shape(1) != C || pos0 < 0 || pos0 + T > wpe.shape(0))
-            throw std::invalid_argument("embedding: wpe must be [n_ctx, C] with pos0 + T <= n_ctx");
+        const auto [T, C, V] = check_embedding(out, tokens, wte, wpe, pos0);
         const int32_t* tp = tokens.data();
-        for (py::ssize_t t = 0; t < T; t++)
-            if (tp[t] < 0 || tp[t] >= V) throw std::invalid_argument("embedding: token id out of range");
         const int code = dtype_code(wdtype);
         if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
         const void* wp = weight_ptr(wte, code, "embedding wte");

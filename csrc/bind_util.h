@@ -112,6 +112,21 @@ inline EmbedDims check_embedding(const py::array& out, const IArrIn& tokens, con
     return {T, C, V};
 }
 
+// Session.forward for both backends: logits [T or 1, n_vocab] allocated here, the forward run without the GIL.
+template <typename Session>
+FArrOut run_forward(Session& session, int n_vocab, const IArrIn& tokens, bool all_logits) {
+    if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
+    const int T = (int)tokens.size();
+    FArrOut logits({(py::ssize_t)(all_logits ? T : 1), (py::ssize_t)n_vocab});
+    float* lp = logits.mutable_data();
+    const int32_t* tp = tokens.data();
+    {
+        py::gil_scoped_release nogil;
+        session.forward(tp, T, lp, all_logits);
+    }
+    return logits;
+}
+
 // Validates the Engine constructor's config dict fields both backends read.
 template <typename Config>
 Config read_config(py::dict cfg) {

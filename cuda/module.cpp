@@ -120,15 +120,6 @@ PYBIND11_MODULE(_cuda, m) {
         .def_property_readonly("pos", [](const PySession& s) { return s.s->pos(); })
         .def("reset", [](PySession& s) { s.s->reset(); })
         .def("forward", [](PySession& s, IArrIn tokens, bool all_logits) {
-            if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
-            const int T = (int)tokens.size();
-            FArrOut logits({(py::ssize_t)(all_logits ? T : 1), (py::ssize_t)s.cfg.n_vocab});
-            float* lp = logits.mutable_data();
-            const int32_t* tp = tokens.data();
-            {
-                py::gil_scoped_release nogil;
-                s.s->forward(tp, T, lp, all_logits);
-            }
-            return logits;
+            return run_forward(*s.s, s.cfg.n_vocab, tokens, all_logits);
         }, py::arg("tokens"), py::arg("all_logits") = false);
 }

@@ -2,7 +2,7 @@
 // KV cache layout per layer: k_cache/v_cache[H, n_ctx, hd] (a head's keys contiguous). Each (head, query)
 // pair is one task: scores for keys 0..pos, softmax, weighted sum of values; memory O(n_ctx) per thread,
 // never a T x T matrix.
-#include <omp.h>
+#include "omp_compat.h"
 
 #include <cstdlib>
 #include <new>

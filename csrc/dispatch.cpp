@@ -1,6 +1,6 @@
 // Picks the kernel table for this CPU at first use (TINYGPT_ISA=base|avx2|avx512 forces a level) and holds
 // the thread count. Compiled with baseline flags only.
-#include <omp.h>
+#include "omp_compat.h"
 
 #include <atomic>
 #include <cstdlib>

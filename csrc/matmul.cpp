@@ -3,7 +3,7 @@
 // M > 1 (prefill): each thread owns a contiguous range of NR-column panels; per k-block, A is packed MR-row
 // interleaved and each W panel is packed (and widened from f16/bf16) into a KC x NR block, and a MR x NR
 // register tile runs over both; compute-bound (~130 GFLOP/s of ~190 peak on 2 Zen 3 cores, AVX2).
-#include <omp.h>
+#include "omp_compat.h"
 
 #include <cstdlib>
 #include <new>

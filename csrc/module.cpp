@@ -5,7 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <omp.h>
+#include "omp_compat.h"
 
 #include <string>
 
@@ -57,7 +57,11 @@ PYBIND11_MODULE(_cpu, m) {
             if (kernels_for(isa)) have += std::string(",") + isa;
         d["isa_available"] = have;
         d["threads"] = num_threads();
+#if defined(_OPENMP)
         d["openmp"] = std::to_string(_OPENMP);
+#else
+        d["openmp"] = "not available: kernels run single-threaded";
+#endif
 #if defined(__clang__)
         d["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)

@@ -2,6 +2,9 @@
 tokens; prefill and decode tokens/s reported separately (extra_info), per backend x weight dtype x size; peak
 RSS of a whole CLI run against weights + KV cache; and the peers in the same run when installed: Hugging Face
 transformers (torch, CPU or GPU) and llama.cpp (llama-cpp-python, GGUF written by ../shared/peers/to_gguf.py).
+
+bench_round_robin is the comparison to quote: every runner (tinygpt per backend and dtype, and each peer) is
+loaded first, then each round runs every runner once, in turn, so slow drifts of a shared host hit all alike.
 """
 import os
 import subprocess
@@ -30,14 +33,6 @@ def load(model_dir, size, backend, dtype):
     return _models[key]
 
 
-def record(benchmark, results, **info):
-    pre = float(np.median([r.timings.prefill_tok_s for r in results]))
-    dec = float(np.median([r.timings.decode_tok_s for r in results]))
-    benchmark.extra_info.update(prefill_tok_s=round(pre, 1), decode_tok_s=round(dec, 1),
-                                prefill_ms=round(64 / pre * 1e3, 2), new_tokens=N_NEW,
-                                first_tokens=results[0].tokens[:8], **info)
-
-
 @pytest.mark.parametrize("size", bench_sizes())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", backend_params())
@@ -46,12 +41,10 @@ def bench_generate(benchmark, model_dir, backend, dtype, size):
         pytest.skip("numpy computes in float32 only")
     if backend == "cuda" and dtype == "int8":
         pytest.skip("int8 weights are cpu-only")
-    m = load(model_dir, size, backend, dtype)
-    results = []
-    run_pedantic(benchmark, lambda: results.append(
-        m.generate_result(PROMPT, max_new_tokens=N_NEW, temperature=0, ignore_eos=True)))
-    record(benchmark, results[1:], backend=backend, dtype=dtype, size=size,
-           threads=os.environ.get("TINYGPT_NUM_THREADS", "all cores"))
+    once, res = tinygpt_runner(load(model_dir, size, backend, dtype)), []
+    run_pedantic(benchmark, lambda: res.append(once()))
+    benchmark.extra_info.update(backend=backend, dtype=dtype, size=size, **medians(res[1:]),
+                                threads=os.environ.get("TINYGPT_NUM_THREADS", "all cores"))
 
 
 @pytest.mark.parametrize("T", [512])
@@ -99,23 +92,22 @@ def bench_peak_rss(benchmark, model_dir, tmp_path_factory, backend, dtype):
     assert interp < out["rss"] <= budget, f"peak RSS {out['rss'] / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB"
 
 
-# -- peers -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-def bench_peer_transformers(benchmark, model_dir, device, dtype):
-    torch = pytest.importorskip("torch", reason="peer not installed: pip install torch transformers")
-    transformers = pytest.importorskip("transformers", reason="peer not installed: pip install transformers")
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("torch sees no CUDA device")
-    if device == "cpu" and dtype != "float32":
-        pytest.skip("transformers on CPU is benchmarked in float32")
+# -- runners: () -> (prefill tok/s, decode tok/s, first tokens) ---------------------------------------
+def tinygpt_runner(m):
+    def once():
+        r = m.generate_result(PROMPT, max_new_tokens=N_NEW, temperature=0, ignore_eos=True)
+        return r.timings.prefill_tok_s, r.timings.decode_tok_s, r.tokens[:8]
+    return once
+
+
+def transformers_runner(path, device, dtype):
+    import torch
+    import transformers
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("TINYGPT_NUM_THREADS", os.cpu_count())))
-    size = "124M"
-    m = transformers.GPT2LMHeadModel.from_pretrained(str(model_dir(size)), dtype=getattr(torch, dtype)).to(device).eval()
+    m = transformers.GPT2LMHeadModel.from_pretrained(str(path), dtype=getattr(torch, dtype)).to(device).eval()
     ids = torch.tensor([PROMPT], device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    res = []
 
     def once():
         with torch.inference_mode():
@@ -132,28 +124,21 @@ def bench_peer_transformers(benchmark, model_dir, device, dtype):
                 toks.append(int(tok))
             sync()
             t2 = time.perf_counter()
-        res.append((64 / (t1 - t0), (N_NEW - 1) / (t2 - t1), toks[:8]))
-    run_pedantic(benchmark, once)
-    r = res[1:]
-    benchmark.extra_info.update(peer="transformers", device=device, dtype=dtype, size=size,
-                                prefill_tok_s=round(float(np.median([x[0] for x in r])), 1),
-                                decode_tok_s=round(float(np.median([x[1] for x in r])), 1), first_tokens=r[0][2])
+        return 64 / (t1 - t0), (N_NEW - 1) / (t2 - t1), toks[:8]
+    return once
 
 
-@pytest.mark.parametrize("ftype", ["f32", "f16", "q8_0"])
-def bench_peer_llamacpp(benchmark, model_dir, ftype):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="peer not installed: pip install llama-cpp-python")
+def llamacpp_runner(model_dir, ftype):
+    import llama_cpp
     if not (PEERS / "to_gguf.py").is_file():
         pytest.skip("GGUF writer ../shared/peers/to_gguf.py not found beside the checkout")
-    d = model_dir("124M")
-    gguf = d / f"gguf-{ftype}.gguf"
+    gguf = model_dir / f"gguf-{ftype}.gguf"
     if not gguf.is_file():
-        subprocess.run([sys.executable, str(PEERS / "to_gguf.py"), str(d), "--ftype", ftype], check=True,
+        subprocess.run([sys.executable, str(PEERS / "to_gguf.py"), str(model_dir), "--ftype", ftype], check=True,
                        capture_output=True)
     threads = int(os.environ.get("TINYGPT_NUM_THREADS", os.cpu_count()))
     llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512,
                           verbose=False)
-    res = []
 
     def last():  # logits of the last evaluated position (llama.cpp keeps only that row without logits_all)
         return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
@@ -170,9 +155,60 @@ def bench_peer_llamacpp(benchmark, model_dir, ftype):
             tok = last()
             toks.append(tok)
         t2 = time.perf_counter()
-        res.append((64 / (t1 - t0), (N_NEW - 1) / (t2 - t1), toks[:8]))
-    run_pedantic(benchmark, once)
-    r = res[1:]
-    benchmark.extra_info.update(peer="llama.cpp", ftype=ftype, size="124M", threads=threads,
-                                prefill_tok_s=round(float(np.median([x[0] for x in r])), 1),
-                                decode_tok_s=round(float(np.median([x[1] for x in r])), 1), first_tokens=r[0][2])
+        return 64 / (t1 - t0), (N_NEW - 1) / (t2 - t1), toks[:8]
+    return once
+
+
+def medians(res):
+    return dict(prefill_tok_s=round(float(np.median([x[0] for x in res])), 1),
+                decode_tok_s=round(float(np.median([x[1] for x in res])), 1), first_tokens=res[0][2])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def bench_peer_transformers(benchmark, model_dir, device, dtype):
+    torch = pytest.importorskip("torch", reason="peer not installed: pip install torch transformers")
+    pytest.importorskip("transformers", reason="peer not installed: pip install transformers")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    if device == "cpu" and dtype != "float32":
+        pytest.skip("transformers on CPU is benchmarked in float32")
+    once, res = transformers_runner(model_dir("124M"), device, dtype), []
+    run_pedantic(benchmark, lambda: res.append(once()))
+    benchmark.extra_info.update(peer="transformers", device=device, dtype=dtype, size="124M", **medians(res[1:]))
+
+
+@pytest.mark.parametrize("ftype", ["f32", "f16", "q8_0"])
+def bench_peer_llamacpp(benchmark, model_dir, ftype):
+    pytest.importorskip("llama_cpp", reason="peer not installed: pip install llama-cpp-python")
+    once, res = llamacpp_runner(model_dir("124M"), ftype), []
+    run_pedantic(benchmark, lambda: res.append(once()))
+    benchmark.extra_info.update(peer="llama.cpp", ftype=ftype, size="124M",
+                                threads=int(os.environ.get("TINYGPT_NUM_THREADS", os.cpu_count())), **medians(res[1:]))
+
+
+def bench_round_robin(benchmark, model_dir):
+    """All runners interleaved, ROUNDS passes after one warm-up pass; medians per runner in extra_info."""
+    import importlib.util
+    d = model_dir("124M")
+    runners = {}
+    for backend in tinygpt.available_backends():
+        for dtype in (["float32"] if backend == "numpy" else [t for t in DTYPES if backend == "cpu" or t != "int8"]):
+            runners[f"tinygpt {backend} {dtype}"] = tinygpt_runner(tinygpt.load(d, backend=backend, dtype=dtype))
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
+        runners["transformers cpu float32"] = transformers_runner(d, "cpu", "float32")
+    if importlib.util.find_spec("llama_cpp") and (PEERS / "to_gguf.py").is_file():
+        for ftype in ("f32", "f16", "q8_0"):
+            runners[f"llama.cpp {ftype.upper()}"] = llamacpp_runner(d, ftype)
+    results = {name: [] for name in runners}
+
+    def one_pass(keep):
+        for name, once in runners.items():
+            time.sleep(0.3)  # let the previous runner's spinning worker threads go idle
+            r = once()
+            if keep:
+                results[name].append(r)
+    one_pass(False)
+    run_pedantic(benchmark, lambda: one_pass(True), rounds=int(os.environ.get("TINYGPT_BENCH_ROUNDS", "5")))
+    benchmark.extra_info.update(round_robin={name: medians(res) for name, res in results.items()},
+                                threads=os.environ.get("TINYGPT_NUM_THREADS", "all cores"))

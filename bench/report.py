@@ -13,6 +13,17 @@ def main(path):
     mi = data.get("machine_info", {})
     print(f"machine: {mi.get('cpu', {}).get('brand_raw', '?')}, {mi.get('cpu', {}).get('count', '?')} cpus; "
           f"run {data.get('datetime', '?')}\n")
+    for n, x, _ in rows:
+        if "round_robin" in x:
+            rr = x["round_robin"]
+            peers = {k: v["decode_tok_s"] for k, v in rr.items() if not k.startswith("tinygpt")}
+            print(f"Round robin (every runner once per pass, medians; threads: {x.get('threads')}):\n")
+            print("| runner | prefill 64 tok/s | prefill ms | decode tok/s | " + " | ".join(f"x {k}" for k in peers) + " |")
+            print("|---|---|---|---|" + "---|" * len(peers))
+            for name, v in rr.items():
+                ratios = " | ".join(f"{v['decode_tok_s'] / p:.2f}" for p in peers.values())
+                print(f"| {name} | {v['prefill_tok_s']} | {64e3 / v['prefill_tok_s']:.1f} | {v['decode_tok_s']} | {ratios} |")
+            print("\nfirst tokens: " + "; ".join(f"{k}: {v['first_tokens']}" for k, v in rr.items()) + "\n")
     e2e = [(n, x) for n, x, _ in rows if "decode_tok_s" in x]
     if e2e:
         ref = {}
@@ -29,7 +40,7 @@ def main(path):
                      f"llama.cpp {x['ftype'].upper()}" if x.get("peer") == "llama.cpp" else
                      f"transformers {x['device']} {x['dtype']}")
             ratios = " | ".join(f"{x['decode_tok_s'] / v:.2f}" for v in ref.values())
-            print(f"| {label} | {x.get('size', '124M')} | {x['prefill_tok_s']} | {x.get('prefill_ms', round(64e3 / x['prefill_tok_s'], 1))} "
+            print(f"| {label} | {x.get('size', '124M')} | {x['prefill_tok_s']} | {round(64e3 / x['prefill_tok_s'], 1)} "
                   f"| {x['decode_tok_s']} | {ratios} |")
         print()
     longp = [(n, x) for n, x, _ in rows if "T" in x and "prefill_tok_s" in x and "kernel" not in x]

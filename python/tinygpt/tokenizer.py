@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs
 import json
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import regex
 
@@ -48,7 +48,7 @@ class Tokenizer:
         self.n_vocab = max(encoder.values()) + 1 if encoder else 0
         self.eot_id = encoder.get(EOT)
         byte_enc = _bytes_to_unicode()
-        self._byte_table = {b: c for b, c in byte_enc.items()}  # for str.translate over latin-1 text
+        self._byte_table = byte_enc  # str.translate table over latin-1 text (ordinal -> printable char)
         byte_dec = {c: b for b, c in byte_enc.items()}
         self._id_bytes: list[bytes] = [b""] * self.n_vocab
         for tok, i in encoder.items():
@@ -193,12 +193,3 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self._dec.decode(b"", final=True)
-
-    def iter(self, ids: Iterable[int]) -> Iterator[str]:
-        for i in ids:
-            s = self.feed(i)
-            if s:
-                yield s
-        s = self.flush()
-        if s:
-            yield s

@@ -117,5 +117,9 @@ def test_convert(tmp_path, tiny_dir):
     assert r.returncode == 0, r.stderr
     r = run("info", "-m", out, "--json")
     assert json.loads(r.stdout)["model"]["dtype"] == "bfloat16"
+    r = run("convert", tiny_dir, tmp_path / "q8", "--dtype", "int8")
+    info = json.loads(run("info", "-m", tmp_path / "q8", "--json").stdout)["model"]
+    C, L, V, P = 32, 2, 50257, 128
+    assert info["parameters"] == V * C + P * C + L * (12 * C * C + 13 * C) + 2 * C  # scales are not parameters
     r = run("convert", tmp_path / "nothing", out)
     assert r.returncode == 1 and r.stderr.count("\n") == 1

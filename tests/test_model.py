@@ -40,13 +40,21 @@ def test_greedy_matches_transformers(models, backend, source):
     assert len(set(r.tokens)) > 10  # the checkpoint's output depends on context (no one-token loop)
 
 
-@pytest.mark.parametrize("dtype,tol,corr", [("float16", 0.02, 0.9999), ("bfloat16", 0.15, 0.9999),
-                                            ("int8", 0.15, 0.999)])
-def test_reduced_precision_logits(models, backend, dtype, tol, corr):
+# Max |logits - transformers fp32| / max |logit| and correlation. cpu measured 0.0007 / 0.0044 / 0.018 (fp16 /
+# bf16 / int8) on this checkpoint; the bounds leave ~3-4x headroom. cuda's tensor-core GEMM also rounds the
+# activations to 16 bits, so its bounds are estimates (not yet run on a GPU).
+REDUCED_TOL = {("cpu", "float16"): (0.003, 0.99999), ("cpu", "bfloat16"): (0.02, 0.9999),
+               ("cpu", "int8"): (0.06, 0.999), ("cuda", "float16"): (0.01, 0.9999),
+               ("cuda", "bfloat16"): (0.05, 0.999)}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int8"])
+def test_reduced_precision_logits(models, backend, dtype):
     if backend == "numpy":
         pytest.skip("numpy computes in float32 (reduced-precision weights are widened at load)")
     if backend == "cuda" and dtype == "int8":
         pytest.skip("int8 weights are cpu-only")
+    tol, corr = REDUCED_TOL[(backend, dtype)]
     lg = models(backend, "hf", dtype).logits(DATA["ids"])
     ref = DATA["logits"]
     got = lg[list(DATA["rows"])]

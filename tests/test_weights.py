@@ -34,7 +34,7 @@ def test_hf_layout_variants(tmp_path, base_logits, variant):
 
 def test_f16_source(tmp_path, base_logits):
     d = write_hf_dir(tmp_path / "m", seed=0, dtype="F16")
-    assert np.abs(logits_of(d) - base_logits).max() < 0.05
+    assert np.abs(logits_of(d) - base_logits).max() < 0.02  # measured 0.008 (max |logit| ~10)
 
 
 def test_conv1d_is_transposed(tiny_dir):
@@ -52,8 +52,9 @@ def test_convert_roundtrip(tmp_path, tiny_dir, base_logits, dtype):
     assert ck.source == "tinygpt" and ck.dtype == dtype
     if dtype == "float32":
         np.testing.assert_array_equal(logits_of(out), base_logits)
-    else:
-        assert np.abs(logits_of(out) - base_logits).max() < 0.25
+    else:  # measured 0.006 / 0.043 / 0.17 for fp16 / bf16 / int8 (max |logit| ~10)
+        bound = {"float16": 0.02, "bfloat16": 0.1, "int8": 0.35}[dtype]
+        assert np.abs(logits_of(out) - base_logits).max() < bound
 
 
 def test_converted_file_is_memory_mapped(tiny_converted):

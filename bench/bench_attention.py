@@ -3,8 +3,7 @@ over a cache of Tk = 128..1024 (GB/s of KV read)."""
 import numpy as np
 import pytest
 
-from bench_matmul import impls
-from conftest import median_s, run_pedantic
+from conftest import backend_params, median_s, run_pedantic
 from tinygpt.ref.attention import attention as np_attention
 
 H, HD, NCTX = 12, 64, 1024
@@ -23,7 +22,7 @@ def call(impl, out, qkv, kc, vc, pos0):
 
 
 @pytest.mark.parametrize("T", [64, 512])
-@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("impl", backend_params())
 def bench_attention_prefill(benchmark, impl, T):
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((T, 3 * C), np.float32)
@@ -35,7 +34,7 @@ def bench_attention_prefill(benchmark, impl, T):
 
 
 @pytest.mark.parametrize("Tk", [128, 512, 1024])
-@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("impl", backend_params())
 def bench_attention_decode(benchmark, impl, Tk):
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((1, 3 * C), np.float32)

@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 
-from bench_matmul import impls
-from conftest import median_s, run_pedantic
+from conftest import backend_params, median_s, run_pedantic
 from tinygpt.ref.gelu import gelu as np_gelu
 
 
 @pytest.mark.parametrize("T", [1, 64, 512])
-@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("impl", backend_params())
 def bench_gelu(benchmark, impl, T):
     x = np.random.default_rng(0).standard_normal((T, 3072), np.float32)
     out = np.empty_like(x)

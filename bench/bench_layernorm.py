@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 
-from bench_matmul import impls
-from conftest import median_s, run_pedantic
+from conftest import backend_params, median_s, run_pedantic
 from tinygpt.ref.layernorm import layernorm as np_layernorm
 
 
 @pytest.mark.parametrize("M", [1, 64, 512])
-@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("impl", backend_params())
 def bench_layernorm(benchmark, impl, M):
     rng = np.random.default_rng(0)
     C = 768

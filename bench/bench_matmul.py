@@ -3,21 +3,11 @@ more weight copies than the L3 holds) and prefill GEMM (GFLOP/s), per backend an
 import numpy as np
 import pytest
 
-from conftest import OPENBLAS_ENV, median_s, run_pedantic
-from tinygpt import backends
+from conftest import OPENBLAS_ENV, backend_params, median_s, run_pedantic
 from tinygpt.weights import from_float32, quantize_int8
 
 C = 768
 SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (50257, C)}
-
-
-def impls():
-    out = [pytest.param("numpy", id="numpy")]
-    ok, why = backends.status()["cpu"]
-    out.append(pytest.param("cpu", id="cpu", marks=() if ok else pytest.mark.skip(reason=why)))
-    ok, why = backends.status()["cuda"]
-    out.append(pytest.param("cuda", id="cuda", marks=() if ok else pytest.mark.skip(reason=why)))
-    return out
 
 
 def make(rng, N, K, wdtype):
@@ -47,7 +37,7 @@ def skip_unsupported(impl, wdtype):
 
 @pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16", "int8"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("impl", backend_params())
 def bench_decode_gemv(benchmark, impl, shape, wdtype):
     skip_unsupported(impl, wdtype)
     N, K = SHAPES[shape]
@@ -69,7 +59,7 @@ def bench_decode_gemv(benchmark, impl, shape, wdtype):
 @pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("T", [64, 512])
 @pytest.mark.parametrize("shape", ["qkv", "fc", "proj"])
-@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("impl", backend_params())
 def bench_prefill_gemm(benchmark, impl, shape, T, wdtype):
     skip_unsupported(impl, wdtype)
     N, K = SHAPES[shape]

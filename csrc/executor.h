@@ -7,26 +7,11 @@
 #include <vector>
 
 #include "common.h"
+#include "plan.h"
 
 namespace tg {
 
-enum Op : int { OP_EMBED = 1, OP_LAYERNORM = 2, OP_LINEAR = 3, OP_ATTENTION = 4 };
-enum Buf : int { BUF_X = 0, BUF_H, BUF_QKV, BUF_ATT, BUF_FC, BUF_LOGITS, N_BUF };
-enum PlanFlags : int { PF_GELU = 1, PF_ACCUM = 2, PF_LAST = 4 };
-
-struct Config {
-    int n_vocab, n_ctx, n_embd, n_head, n_layer, d_ff;
-    float eps;
-};
-
-struct WeightRef {
-    const void* ptr;
-    int dtype;            // F32 / F16 / BF16 / I8
-    const float* scale;   // I8 only: [rows]
-    int64_t rows, cols;   // cols = 1 for a vector
-};
-
-using PlanRow = std::array<int64_t, 8>;  // op, out, in, weight, bias, flags, layer, unused
+using namespace tgplan;
 
 struct Engine {
     Config cfg;

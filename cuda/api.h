@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "../csrc/plan.h"
+
 namespace tgc {
 
 enum DType : int { F32 = 0, F16 = 1, BF16 = 2 };
@@ -24,16 +26,9 @@ void gelu_host(float* h_out, const float* h_inp, int64_t n);
 void embedding_host(float* h_out, const int32_t* h_tokens, const void* h_wte, const float* h_wpe, int T, int C, int V,
                     int n_ctx, int pos0, int wdtype);
 
-struct Config {
-    int n_vocab, n_ctx, n_embd, n_head, n_layer, d_ff;
-    float eps;
-};
-struct HostWeight {
-    const void* ptr;
-    int dtype;
-    int64_t rows, cols;
-};
-using PlanRow = std::array<int64_t, 8>;
+using tgplan::Config;
+using tgplan::PlanRow;
+using HostWeight = tgplan::WeightRef;  // scale unused: int8 is cpu-only
 
 struct EngineImpl;
 struct SessionImpl;

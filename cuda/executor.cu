@@ -8,9 +8,7 @@
 
 namespace tgc {
 
-enum Op : int { OP_EMBED = 1, OP_LAYERNORM = 2, OP_LINEAR = 3, OP_ATTENTION = 4 };
-enum Buf : int { BUF_X = 0, BUF_H, BUF_QKV, BUF_ATT, BUF_FC, BUF_LOGITS, N_BUF };
-enum PlanFlags : int { PF_GELU = 1, PF_ACCUM = 2, PF_LAST = 4 };
+using namespace tgplan;
 
 int device_count(std::string* why) {
     int n = 0;

@@ -101,8 +101,8 @@ PYBIND11_MODULE(_cuda, m) {
                      py::array& a = weights[i];
                      const int code = dtype_code(dtypes[i]);
                      if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: weights must be 1-D or 2-D");
-                     hw.push_back({weight_ptr(a, code, "weight " + std::to_string(i)), code, (int64_t)a.shape(0),
-                                   a.ndim() == 2 ? (int64_t)a.shape(1) : 1});
+                     hw.push_back({weight_ptr(a, code, "weight " + std::to_string(i)), code, nullptr,
+                                   (int64_t)a.shape(0), a.ndim() == 2 ? (int64_t)a.shape(1) : 1});
                  }
                  auto pe = std::make_unique<PyEngine>();
                  pe->cfg = c;

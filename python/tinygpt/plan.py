@@ -1,6 +1,7 @@
 """The GPT-2 forward pass, written once, as a flat plan that every backend executes.
 
-A plan is an int64 array [n_ops, 8]: (op, out_buf, in_buf, weight, bias, flags, layer, 0). Weights are
+A plan is an int64 array [n_ops, 8]: (op, out_buf, in_buf, weight, bias, flags, layer, 0) (the same numbers are
+in csrc/plan.h for the native executors). Weights are
 indices into `weight_names`; buffers are per-session activations of n_ctx rows. The NumPy backend walks
 the plan in Python; the C++ and CUDA backends walk it natively (one call per forward, so no Python
 between kernels, and the CUDA decode step can be captured as a graph).

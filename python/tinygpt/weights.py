@@ -288,7 +288,8 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
     out = {}
     names = list(expected_shapes(ck.config))
     for i, name in enumerate(names):
-        if not np.isfinite(ck.float32(name)).all():
+        f32 = ck.float32(name)  # widened once: checked here, converted below when the dtype changes
+        if not np.isfinite(f32).all():
             raise WeightsError(f"{ck.path}: tensor {name!r} holds NaN or inf values (corrupt checkpoint)")
         if not is_matrix(name):
             out[name] = ("F32", ck.tensors[name])
@@ -297,10 +298,10 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
             if dtype == "int8":
                 out[name + SCALE] = ("F32", ck.tensors[name + SCALE])
         elif dtype == "int8":
-            q, scale = quantize_int8(ck.float32(name))
+            q, scale = quantize_int8(f32)
             out[name], out[name + SCALE] = ("I8", q), ("F32", scale)
         else:
-            out[name] = (_ST_OF[dtype], from_float32(ck.float32(name), dtype))
+            out[name] = (_ST_OF[dtype], from_float32(f32, dtype))
         if progress:
             progress(i + 1, len(names))
     meta = {

@@ -33,6 +33,9 @@ static bool cpu_has(const std::string& isa) {
     __builtin_cpu_init();
     if (isa == "avx2")
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#if defined(TG_EMULATED_AVX512)
+    if (isa == "avx512") return cpu_has("avx2");  // SIMDe stand-ins, built with AVX2 flags
+#endif
     if (isa == "avx512")
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_has("avx2");

@@ -77,7 +77,7 @@ void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, con
 }
 
 // ---- GEMM (M > 1) -------------------------------------------------------------------------------
-#if defined(__AVX2__)
+#if defined(TG_AVX2)
 // 8 weights of any stored type as 8 floats (AVX2 part of both the AVX2 and the AVX-512 builds).
 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 static inline __m256 load8(const f16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
@@ -110,7 +110,7 @@ static inline void transpose8(__m256 r[8]) {
 template <typename WT>
 void pack_panel(float* Bp /*[kc, NR]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/, int n0, int ncols,
                 int k0, int kc, int K) {
-#if defined(__AVX2__)
+#if defined(TG_AVX2)
     if (ncols == NR && kc % 8 == 0) {
         for (int jb = 0; jb < NR; jb += 8) {
             __m256 sc[8];

@@ -56,6 +56,9 @@ PYBIND11_MODULE(_cpu, m) {
         for (const char* isa : {"avx2", "avx512"})
             if (kernels_for(isa)) have += std::string(",") + isa;
         d["isa_available"] = have;
+#if defined(TG_EMULATED_AVX512)
+        d["avx512_emulated"] = true;  // test build: the avx512 level runs SIMDe's portable intrinsics
+#endif
         d["threads"] = num_threads();
 #if defined(_OPENMP)
         d["openmp"] = std::to_string(_OPENMP);

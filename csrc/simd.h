@@ -5,8 +5,24 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(TG_SIMDE_AVX512)
+#include "avx512_emulation.h"  // test builds only: the AVX-512 path on portable intrinsics
+#define TG_AVX512 1
+#define TG_AVX2 1
+#define TG_F16C 1
+#else
 #if defined(__SSE2__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__)
+#define TG_AVX512 1
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define TG_AVX2 1
+#endif
+#if defined(__F16C__)
+#define TG_F16C 1
+#endif
 #endif
 #include "common.h"
 
@@ -40,7 +56,7 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
-#if defined(__AVX512F__)
+#if defined(TG_AVX512)
 constexpr int VW = 16;
 typedef __m512 V;
 static inline V vload(const float* p) { return _mm512_loadu_ps(p); }
@@ -67,7 +83,7 @@ static inline V vround(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEARE
 static inline V vpow2i(V n) {  // 2^n for integral n in [-126, 127]
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
 }
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(TG_AVX2)
 constexpr int VW = 8;
 typedef __m256 V;
 static inline V vload(const float* p) { return _mm256_loadu_ps(p); }
@@ -144,7 +160,7 @@ template <> inline V vload_w<bf16_t>(const bf16_t* p) { return vload_bf16((const
 template <> inline V vload_w<int8_t>(const int8_t* p) { return vload_i8(p); }
 static inline float sload_w(const int8_t* p) { return (float)*p; }
 static inline float sload_w(const float* p) { return *p; }
-#if defined(__F16C__)
+#if defined(TG_F16C)
 static inline float sload_w(const f16_t* p) { return _cvtsh_ss(p->bits); }
 #else
 static inline float sload_w(const f16_t* p) { return half_to_float(p->bits); }

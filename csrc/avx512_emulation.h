@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace tg_emu {
 
@@ -20,20 +21,18 @@ inline simde__m512 cvtepi32_ps(simde__m512i a) {
     for (int i = 0; i < 16; i++) f[i] = (float)v[i];
     return from16(f);
 }
-inline simde__m512i cvtepi8_epi32(simde__m128i a) {
-    int8_t b[16];
+// 16 lanes of T (the whole of the source vector) widened to int32.
+template <typename T, typename Vin>
+inline simde__m512i widen16(Vin a) {
+    static_assert(sizeof(Vin) == 16 * sizeof(T), "source vector must hold exactly 16 lanes");
+    T b[16];
     int32_t v[16];
-    simde_mm_storeu_si128((simde__m128i*)b, a);
+    std::memcpy(b, &a, sizeof b);
     for (int i = 0; i < 16; i++) v[i] = b[i];
     return from16(v);
 }
-inline simde__m512i cvtepu16_epi32(simde__m256i a) {
-    uint16_t h[16];
-    int32_t v[16];
-    simde_mm256_storeu_si256((simde__m256i*)h, a);
-    for (int i = 0; i < 16; i++) v[i] = h[i];
-    return from16(v);
-}
+inline simde__m512i cvtepi8_epi32(simde__m128i a) { return widen16<int8_t>(a); }
+inline simde__m512i cvtepu16_epi32(simde__m256i a) { return widen16<uint16_t>(a); }
 inline simde__m512 cvtph_ps(simde__m256i a) {  // IEEE binary16 -> float, exact (subnormals included)
     uint16_t h[16];
     float f[16];

@@ -11,7 +11,7 @@ from tiny_model import tiktoken_gpt2, vocab_dir
 from tinygpt.tokenizer import Tokenizer
 
 VOCAB = vocab_dir()
-# the 21 public cases of ../shared/gpt2, copied so that they run wherever the tests do (CI clones without ../shared)
+# the 21 public cases of ../shared/gpt2, copied so that they run in a checkout without ../shared
 CASES = Path(__file__).parent / "data" / "tokenizer_cases.json"
 
 

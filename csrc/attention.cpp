@@ -136,11 +136,14 @@ void attention(float* out /*[T,C]*/, const float* qkv /*[T,3C]*/, float* k_cache
     if (!scratch) throw std::bad_alloc();
     const float scale = 1.0f / std::sqrt((float)hd);
     const int tasks = H * T;
+    // Chunks of 4 tasks amortize scheduling in prefill; a decode step (T = 1, 12 heads) needs single tasks, or
+    // 12 heads in chunks of 4 split 8 : 4 over two threads.
+    const int chunk = tasks >= 16 * nt ? 4 : 1;
 #pragma omp parallel num_threads(nt)
     {
         float* sc = scratch + per_thread * omp_get_thread_num();
         float* acc = sc + L_max;
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, chunk)
         for (int task = 0; task < tasks; task++) {
             const int h = task % H, t = task / H;
             const int L = pos0 + t + 1;  // keys visible to this query

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import OPENBLAS_ENV, backend_params, median_s, run_pedantic
-from tinygpt.weights import from_float32, quantize_int8
+from tinygpt.weights import encode
 
 C = 768
 SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (50257, C)}
@@ -12,8 +12,7 @@ SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (5
 
 def make(rng, N, K, wdtype):
     """(weights, row scales or None) in the stored dtype."""
-    w = rng.standard_normal((N, K), np.float32)
-    return quantize_int8(w) if wdtype == "int8" else (from_float32(w, wdtype), None)
+    return encode(rng.standard_normal((N, K), np.float32), wdtype)
 
 
 def call(impl, out, x, w, wdtype):

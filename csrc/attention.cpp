@@ -38,7 +38,7 @@ static inline void dot4(float* s, const float* q, const float* k0, int hd, int n
     }
 }
 
-// Scores sc[0..L) = (q . K[j]) * scale, then softmax in place; returns 1 / sum of the exponentials.
+// Softmax of the scaled scores sc[0..L), in place, left unnormalized; returns 1 / sum of the exponentials.
 static float softmax_inplace(float* sc, int L) {
     const int Lv = L - L % VW;
     V vmx = vset1(-3.0e38f);

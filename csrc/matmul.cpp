@@ -78,13 +78,11 @@ void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, con
 
 // ---- GEMM (M > 1) -------------------------------------------------------------------------------
 #if defined(TG_AVX2)
-// 8 weights of any stored type as 8 floats (AVX2 part of both the AVX2 and the AVX-512 builds).
+// 8 weights of any stored type as 8 floats (simd.h's cvt8_*, for the AVX2 and the AVX-512 builds alike).
 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8(const f16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
-static inline __m256 load8(const bf16_t* p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-static inline __m256 load8(const int8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
+static inline __m256 load8(const f16_t* p) { return cvt8_f16((const uint16_t*)p); }
+static inline __m256 load8(const bf16_t* p) { return cvt8_bf16((const uint16_t*)p); }
+static inline __m256 load8(const int8_t* p) { return cvt8_i8(p); }
 
 static inline void transpose8(__m256 r[8]) {
     __m256 t[8], u[8];
@@ -130,8 +128,8 @@ void pack_panel(float* Bp /*[kc, NR]*/, const WT* W /*[N,K]*/, const float* ws /
 #endif
     for (int j = 0; j < ncols; j++) {
         const WT* row = W + (int64_t)(n0 + j) * K + k0;
-        const float s = ws ? ws[n0 + j] : 1.0f;  // int8: dequantize while packing
-        for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = ws ? sload_w(row + kk) * s : sload_w(row + kk);
+        const float s = ws ? ws[n0 + j] : 1.0f;  // int8: dequantize while packing (times 1 is exact otherwise)
+        for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = sload_w(row + kk) * s;
     }
     for (int j = ncols; j < NR; j++)
         for (int kk = 0; kk < kc; kk++) Bp[kk * NR + j] = 0.0f;

@@ -87,13 +87,13 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype,
                        const std::string& isa, py::object wscale) {
         const auto [M, N, K] = check_matmul(out, inp, w, flags);
-        const void* wp = weight_ptr(w, dtype_code(wdtype), "matmul w");
+        const int code = dtype_code(wdtype);
+        const void* wp = weight_ptr(w, code, "matmul w");
         FArrIn bias;
         const float* bp = bias_ptr(b, N, bias);
         const KernelTable& k = table_for(isa);
         float* op = out.mutable_data();
         const float* ip = inp.data();
-        const int code = dtype_code(wdtype);
         FArrIn keep;
         const float* sp = scale_ptr(wscale, code, N, keep, "matmul wscale");
         py::gil_scoped_release nogil;

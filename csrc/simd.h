@@ -56,6 +56,18 @@ static inline float bf16_to_float(uint16_t h) {
     return f;
 }
 
+#if defined(TG_AVX2)
+// 8 stored weights as 8 floats: the AVX2 build's vector loads, and the AVX2 part (GEMM panel packing) of the
+// AVX-512 build.
+static inline __m256 cvt8_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+static inline __m256 cvt8_bf16(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+static inline __m256 cvt8_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+#endif
+
 #if defined(TG_AVX512)
 constexpr int VW = 16;
 typedef __m512 V;
@@ -109,13 +121,9 @@ static inline float vhmax(V v) {
     s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-static inline V vload_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
-static inline V vload_bf16(const uint16_t* p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-static inline V vload_i8(const int8_t* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
-}
+static inline V vload_f16(const uint16_t* p) { return cvt8_f16(p); }
+static inline V vload_bf16(const uint16_t* p) { return cvt8_bf16(p); }
+static inline V vload_i8(const int8_t* p) { return cvt8_i8(p); }
 static inline V vround(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline V vpow2i(V n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));

@@ -10,6 +10,13 @@
 namespace py = pybind11;
 using namespace tgbind;
 
+// bind_util's dtype codes, less int8 (weight-only int8 is a cpu-backend feature).
+static int cuda_dtype_code(const std::string& name) {
+    const int code = dtype_code(name);
+    if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
+    return code;
+}
+
 struct PyEngine {
     std::shared_ptr<tgc::Engine> engine;
     tgc::Config cfg;
@@ -38,8 +45,7 @@ PYBIND11_MODULE(_cuda, m) {
 
     m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype) {
         const auto [M, N, K] = check_matmul(out, inp, w, flags);
-        const int code = dtype_code(wdtype);
-        if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
+        const int code = cuda_dtype_code(wdtype);
         const void* wp = weight_ptr(w, code, "matmul w");
         FArrIn bias;
         const float* bp = bias_ptr(b, N, bias);
@@ -74,8 +80,7 @@ PYBIND11_MODULE(_cuda, m) {
     m.def("embedding", [](FArrOut out, IArrIn tokens, py::array wte, FArrIn wpe, int pos0, const std::string& wdtype) {
         const auto [T, C, V] = check_embedding(out, tokens, wte, wpe, pos0);
         const int32_t* tp = tokens.data();
-        const int code = dtype_code(wdtype);
-        if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
+        const int code = cuda_dtype_code(wdtype);
         const void* wp = weight_ptr(wte, code, "embedding wte");
         float* op = out.mutable_data();
         const int n_ctx = (int)wpe.shape(0);
@@ -88,9 +93,6 @@ PYBIND11_MODULE(_cuda, m) {
         .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
                          std::vector<py::array> weights, std::vector<std::string> dtypes) {
                  if (weights.size() != dtypes.size()) throw std::invalid_argument("Engine: weights/dtypes length differ");
-                 for (const std::string& d : dtypes)
-                     if (dtype_code(d) == 3)
-                         throw std::invalid_argument("int8 weights are supported by the cpu backend only");
                  if (plan.ndim() != 2 || plan.shape(1) != 8) throw std::invalid_argument("Engine: plan must be [n_ops, 8]");
                  const tgc::Config c = read_config<tgc::Config>(cfg);
                  std::vector<tgc::PlanRow> rows(plan.shape(0));
@@ -99,7 +101,7 @@ PYBIND11_MODULE(_cuda, m) {
                  std::vector<tgc::HostWeight> hw;
                  for (size_t i = 0; i < weights.size(); i++) {
                      py::array& a = weights[i];
-                     const int code = dtype_code(dtypes[i]);
+                     const int code = cuda_dtype_code(dtypes[i]);
                      if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: weights must be 1-D or 2-D");
                      hw.push_back({weight_ptr(a, code, "weight " + std::to_string(i)), code, nullptr,
                                    (int64_t)a.shape(0), a.ndim() == 2 ? (int64_t)a.shape(1) : 1});

@@ -44,11 +44,8 @@ def widen(w, wdtype, wscale=None):
 
 def make_weights(rng, shape, wdtype, scale=1.0):
     """Random weights stored as wdtype: (array, row scales or None)."""
-    from tinygpt.weights import from_float32, quantize_int8
-    w = (rng.standard_normal(shape) * scale).astype(np.float32)
-    if wdtype == "int8":
-        return quantize_int8(w)
-    return from_float32(w, wdtype), None
+    from tinygpt.weights import encode
+    return encode((rng.standard_normal(shape) * scale).astype(np.float32), wdtype)
 
 
 class NumpyKernels:

@@ -80,9 +80,14 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * scale[:, None]
 
 
+def encode(arr: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 values as stored in `dtype`: (array, int8 row scales or None)."""
+    return quantize_int8(arr) if dtype == "int8" else (from_float32(arr, dtype), None)
+
+
 def from_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "int8":
-        raise ValueError("int8 needs scales: use quantize_int8")
+        raise ValueError("int8 needs scales: use encode or quantize_int8")
     if dtype == "float32":
         return np.ascontiguousarray(arr, dtype=np.float32)
     if dtype == "float16":
@@ -181,10 +186,9 @@ def _build(cfg: GPT2Config, entries: dict[str, _Entry], dtype: str, hf_layout: b
             arr = to_float32(load(True), st)
         if transpose:
             arr = arr.T
-        if target == "int8":
-            tensors[name], tensors[name + SCALE] = quantize_int8(arr)
-        else:
-            tensors[name] = from_float32(arr, target)
+        tensors[name], scale = encode(arr, target)
+        if scale is not None:
+            tensors[name + SCALE] = scale
     return tensors
 
 
@@ -297,11 +301,11 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
             out[name] = (_ST_OF[dtype], ck.tensors[name])
             if dtype == "int8":
                 out[name + SCALE] = ("F32", ck.tensors[name + SCALE])
-        elif dtype == "int8":
-            q, scale = quantize_int8(f32)
-            out[name], out[name + SCALE] = ("I8", q), ("F32", scale)
         else:
-            out[name] = (_ST_OF[dtype], from_float32(f32, dtype))
+            a, scale = encode(f32, dtype)
+            out[name] = (_ST_OF[dtype], a)
+            if scale is not None:
+                out[name + SCALE] = ("F32", scale)
         if progress:
             progress(i + 1, len(names))
     meta = {

@@ -1,5 +1,7 @@
 """matmul kernels at GPT-2 124M shapes: decode GEMV (GB/s of weight traffic, DRAM-cold by rotating through
 more weight copies than the L3 holds) and prefill GEMM (GFLOP/s), per backend and weight dtype."""
+import time
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,29 @@ def bench_prefill_gemm(benchmark, impl, shape, T, wdtype):
     run_pedantic(benchmark, lambda: call(impl, out, x, w, wdtype))
     benchmark.extra_info.update(kernel="matmul", mode="prefill", T=T, N=N, K=K, wdtype=wdtype, openblas=OPENBLAS_ENV,
                                 gflop_s=round(2 * T * N * K / median_s(benchmark) / 1e9, 1))
+
+
+@pytest.mark.parametrize("impl", backend_params(include_numpy=False))
+def bench_gemv_placement(benchmark, impl):
+    """The fp32 lm_head GEMV over 6 fresh copies of one matrix, read in turn for 7 rounds (so slow drifts of a
+    shared host hit every copy alike); each copy's median. On a virtual machine, identical copies can read at
+    different speeds depending on where in host memory they landed (seen: 24 vs 31-35 GB/s for one matrix
+    across several runs), one source of the run-to-run spread of the end-to-end decode figures."""
+    if impl == "cuda":
+        pytest.skip("host-memory placement is a CPU question")
+    N, K = SHAPES["lm_head"]
+    rng = np.random.default_rng(0)
+    w0 = make(rng, N, K, "float32")[0]
+    x = rng.standard_normal((1, K), np.float32)
+    out = np.empty((1, N), np.float32)
+    copies = [w0.copy() for _ in range(6)]  # all alive at once: no copy can reuse another's pages
+    times = [[] for _ in copies]
+    for _ in range(7):
+        for w, ts in zip(copies, times):  # each call reads 154 MB (> L3) from DRAM
+            t0 = time.perf_counter()
+            call(impl, out, x, (w, None), "float32")
+            ts.append(time.perf_counter() - t0)
+    per_copy = [round(w0.nbytes / float(np.median(ts)) / 1e9, 1) for ts in times]
+    run_pedantic(benchmark, lambda: call(impl, out, x, (w0, None), "float32"))
+    benchmark.extra_info.update(kernel="matmul", mode="decode placement", N=N, K=K, wdtype="float32",
+                                gb_s=round(w0.nbytes / median_s(benchmark) / 1e9, 2), gb_s_per_copy=per_copy)

@@ -1,7 +1,9 @@
 """Turn a pytest-benchmark JSON (pytest bench/ --benchmark-only --benchmark-json=F) into Markdown tables:
 end-to-end prefill/decode tokens/s with ratios against the peers in the same run, peak RSS, and kernels.
 
-usage: python bench/report.py F.json
+usage: python bench/report.py F.json [G.json ...]
+With several files (e.g. round robins run in separate processes) it also prints each tinygpt runner's decode
+ratio against every peer, per run, and the median over the runs.
 """
 import json
 import sys
@@ -62,7 +64,36 @@ def main(path):
         print("| kernel | median | GFLOP/s | GB/s | MB/s |\n|---|---|---|---|---|")
         for n, x, t in kern:
             print(f"| {n} | {t * 1e3:.3f} ms | {x.get('gflop_s', '')} | {x.get('gb_s', '')} | {x.get('mb_s', '')} |")
+        for n, x, _ in kern:
+            if "gb_s_per_copy" in x:
+                print(f"\n{n}: GB/s of each fresh copy of the same matrix: {x['gb_s_per_copy']}")
+
+
+def across_runs(paths):
+    """Median (min-max) decode ratio of each tinygpt runner over each peer, across several round robins."""
+    runs = []
+    for path in paths:
+        for b in json.load(open(path))["benchmarks"]:
+            if "round_robin" in b["extra_info"]:
+                runs.append({k: v["decode_tok_s"] for k, v in b["extra_info"]["round_robin"].items()})
+    if len(runs) < 2:
+        return
+    peers = [k for k in runs[0] if not k.startswith("tinygpt")]
+    print(f"Decode ratio over each peer across {len(runs)} round robins: median (min-max):\n")
+    print("| runner | " + " | ".join(f"x {p}" for p in peers) + " |")
+    print("|---|" + "---|" * len(peers))
+    for name in (k for k in runs[0] if k.startswith("tinygpt")):
+        cells = []
+        for p in peers:
+            r = sorted(run[name] / run[p] for run in runs if name in run and p in run)
+            n = len(r)
+            med = r[n // 2] if n % 2 else (r[n // 2 - 1] + r[n // 2]) / 2
+            cells.append(f"{med:.2f} ({r[0]:.2f}-{r[-1]:.2f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    for f in sys.argv[1:]:
+        main(f)
+    across_runs(sys.argv[1:])

@@ -19,6 +19,8 @@ $PY -c "import tinygpt, sys; sys.exit(0 if 'cuda' in tinygpt.available_backends(
 echo "== tests (all backends; parity against transformers)"
 CI=1 $PY -m pytest tests -q -p no:cacheprovider -k "not test_threads_share" 2>&1 | tee "$OUT/tests.log" | tail -30
 $PY -m pytest tests -q -p no:cacheprovider -k "test_threads_share and cuda" 2>&1 | tail -3 | tee -a "$OUT/tests.log"
+echo "== AVX-512 kernels natively on this host's CPU (the developer machines lack AVX-512; all skip where it is absent)"
+(grep -m1 "model name" /proc/cpuinfo; $PY -m pytest tests -q -p no:cacheprovider -k avx512 2>&1 | tail -3) | tee "$OUT/avx512.log"
 echo "== device-to-device bandwidth (the HBM floor's denominator)"
 $PY - <<'PYEOF' | tee "$OUT/bandwidth.txt"
 import torch

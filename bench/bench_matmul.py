@@ -76,9 +76,10 @@ def bench_prefill_gemm(benchmark, impl, shape, T, wdtype):
 @pytest.mark.parametrize("impl", backend_params(include_numpy=False))
 def bench_gemv_placement(benchmark, impl):
     """The fp32 lm_head GEMV over 6 fresh copies of one matrix, read in turn for 7 rounds (so slow drifts of a
-    shared host hit every copy alike); each copy's median. On a virtual machine, identical copies can read at
-    different speeds depending on where in host memory they landed (seen: 24 vs 31-35 GB/s for one matrix
-    across several runs), one source of the run-to-run spread of the end-to-end decode figures."""
+    shared host hit every copy alike); each copy's median. On a virtual machine identical data can read at
+    different speeds depending on where in host memory it landed (seen once, for minutes: the model file's
+    mapping of this matrix at 24-26 GB/s, fresh copies of it at 31-35), one source of the run-to-run spread of
+    the end-to-end decode figures."""
     if impl == "cuda":
         pytest.skip("host-memory placement is a CPU question")
     N, K = SHAPES["lm_head"]

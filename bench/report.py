@@ -2,10 +2,11 @@
 end-to-end prefill/decode tokens/s with ratios against the peers in the same run, peak RSS, and kernels.
 
 usage: python bench/report.py F.json [G.json ...]
-With several files (e.g. round robins run in separate processes) it also prints each tinygpt runner's decode
-ratio against every peer, per run, and the median over the runs.
+With several files (e.g. round robins run in separate processes) it then prints each tinygpt runner's decode
+ratio against every peer as the median over the runs, with the smallest and largest.
 """
 import json
+import statistics
 import sys
 
 
@@ -85,15 +86,15 @@ def across_runs(paths):
     for name in (k for k in runs[0] if k.startswith("tinygpt")):
         cells = []
         for p in peers:
-            r = sorted(run[name] / run[p] for run in runs if name in run and p in run)
-            n = len(r)
-            med = r[n // 2] if n % 2 else (r[n // 2 - 1] + r[n // 2]) / 2
-            cells.append(f"{med:.2f} ({r[0]:.2f}-{r[-1]:.2f})")
+            r = [run[name] / run[p] for run in runs if name in run and p in run]
+            cells.append(f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python bench/report.py F.json [G.json ...]")
     for f in sys.argv[1:]:
         main(f)
     across_runs(sys.argv[1:])

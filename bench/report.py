@@ -10,8 +10,7 @@ import statistics
 import sys
 
 
-def main(path):
-    data = json.load(open(path))
+def main(data):
     rows = [(b["name"], b["extra_info"], b["stats"]["median"]) for b in data["benchmarks"]]
     mi = data.get("machine_info", {})
     print(f"machine: {mi.get('cpu', {}).get('brand_raw', '?')}, {mi.get('cpu', {}).get('count', '?')} cpus; "
@@ -70,11 +69,11 @@ def main(path):
                 print(f"\n{n}: GB/s of each fresh copy of the same matrix: {x['gb_s_per_copy']}")
 
 
-def across_runs(paths):
+def across_runs(datas):
     """Median (min-max) decode ratio of each tinygpt runner over each peer, across several round robins."""
     runs = []
-    for path in paths:
-        for b in json.load(open(path))["benchmarks"]:
+    for data in datas:
+        for b in data["benchmarks"]:
             if "round_robin" in b["extra_info"]:
                 runs.append({k: v["decode_tok_s"] for k, v in b["extra_info"]["round_robin"].items()})
     if len(runs) < 2:
@@ -95,6 +94,7 @@ def across_runs(paths):
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: python bench/report.py F.json [G.json ...]")
-    for f in sys.argv[1:]:
-        main(f)
-    across_runs(sys.argv[1:])
+    datas = [json.load(open(f)) for f in sys.argv[1:]]
+    for data in datas:
+        main(data)
+    across_runs(datas)

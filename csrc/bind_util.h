@@ -1,10 +1,12 @@
 // Binding helpers shared by tinygpt._cpu and tinygpt._cuda: shape/dtype checks with expected-vs-got messages.
-// Weight dtype codes: 0 float32, 1 float16, 2 bfloat16 (carried as uint16), 3 int8 (+ float32 row scales).
+// Weight dtypes: plan.h's DType codes (bfloat16 carried as uint16; int8 with float32 row scales).
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <string>
+
+#include "plan.h"
 
 namespace tgbind {
 namespace py = pybind11;
@@ -32,23 +34,26 @@ inline void expect_shape(const py::array& a, std::initializer_list<py::ssize_t> 
 }
 
 inline int dtype_code(const std::string& name) {
-    if (name == "float32") return 0;
-    if (name == "float16") return 1;
-    if (name == "bfloat16") return 2;
-    if (name == "int8") return 3;
+    if (name == "float32") return tgplan::F32;
+    if (name == "float16") return tgplan::F16;
+    if (name == "bfloat16") return tgplan::BF16;
+    if (name == "int8") return tgplan::I8;
     throw std::invalid_argument("unknown weight dtype '" + name + "' (float32, float16, bfloat16 or int8)");
 }
 
 // A weight matrix/vector: float32, float16, or bfloat16 carried as uint16; must be C-contiguous.
 inline const void* weight_ptr(const py::array& a, int code, const std::string& name) {
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(name + ": must be C-contiguous");
-    const bool ok = (code == 0 && py::isinstance<py::array_t<float>>(a)) ||
-                    (code == 1 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
-                    (code == 2 && a.dtype().kind() == 'u' && a.itemsize() == 2) ||
-                    (code == 3 && a.dtype().kind() == 'i' && a.itemsize() == 1);
+    const bool ok = (code == tgplan::F32 && py::isinstance<py::array_t<float>>(a)) ||
+                    (code == tgplan::F16 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
+                    (code == tgplan::BF16 && a.dtype().kind() == 'u' && a.itemsize() == 2) ||
+                    (code == tgplan::I8 && a.dtype().kind() == 'i' && a.itemsize() == 1);
     if (!ok)
         throw std::invalid_argument(name + ": dtype " + std::string(py::str(a.dtype())) + " does not match weight dtype "
-                                    + (code == 0 ? "float32" : code == 1 ? "float16" : code == 2 ? "bfloat16 (as uint16)" : "int8"));
+                                    + (code == tgplan::F32    ? "float32"
+                                       : code == tgplan::F16  ? "float16"
+                                       : code == tgplan::BF16 ? "bfloat16 (as uint16)"
+                                                              : "int8"));
     return a.data();
 }
 

@@ -7,9 +7,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "plan.h"
+
 namespace tg {
 
-enum DType : int { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };  // I8: symmetric, one float scale per row
+using tgplan::DType, tgplan::F32, tgplan::F16, tgplan::BF16, tgplan::I8;
 
 enum MatmulFlags : int { GELU = 1, ACCUM = 2 };
 

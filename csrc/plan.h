@@ -9,6 +9,9 @@ namespace tgplan {
 enum Op : int { OP_EMBED = 1, OP_LAYERNORM = 2, OP_LINEAR = 3, OP_ATTENTION = 4 };
 enum Buf : int { BUF_X = 0, BUF_H, BUF_QKV, BUF_ATT, BUF_FC, BUF_LOGITS, N_BUF };
 enum PlanFlags : int { PF_GELU = 1, PF_ACCUM = 2, PF_LAST = 4 };
+// Weight dtype codes, the same in both backends and their bindings. I8: symmetric, one float scale per row
+// (cpu backend only).
+enum DType : int { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };
 
 using PlanRow = std::array<int64_t, 8>;
 
@@ -17,7 +20,7 @@ struct Config {
     float eps;
 };
 
-// A weight as the host hands it over: data, dtype code (0 f32, 1 f16, 2 bf16, 3 int8), int8 row scales, shape.
+// A weight as the host hands it over: data, dtype code (DType), int8 row scales, shape.
 struct WeightRef {
     const void* ptr;
     int dtype;

@@ -11,7 +11,7 @@
 
 namespace tgc {
 
-enum DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+using tgplan::DType, tgplan::F32, tgplan::F16, tgplan::BF16;  // int8 is cpu-only
 
 int device_count(std::string* why);  // 0 and a reason when there is no usable device / driver
 std::string device_name(int dev);

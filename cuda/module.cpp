@@ -13,7 +13,7 @@ using namespace tgbind;
 // bind_util's dtype codes, less int8 (weight-only int8 is a cpu-backend feature).
 static int cuda_dtype_code(const std::string& name) {
     const int code = dtype_code(name);
-    if (code == 3) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
+    if (code == tgplan::I8) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
     return code;
 }
 

@@ -69,6 +69,7 @@ Engine::Engine(const Config& c, std::vector<PlanRow> p, std::vector<WeightRef> w
                 }
                 TG_CHECK(!((fl & PF_GELU) && (fl & PF_ACCUM)), "plan row " << r << ": GELU with ACCUM is not supported");
                 TG_CHECK(o != in, "plan row " << r << ": matmul in place is not supported");
+                if (o == BUF_LOGITS) head_row = (int64_t)r;
                 break;
             }
             case OP_ATTENTION:
@@ -82,15 +83,38 @@ Engine::Engine(const Config& c, std::vector<PlanRow> p, std::vector<WeightRef> w
     }
 }
 
+void Engine::set_head_screen(HeadScreen s) {
+    TG_CHECK(!screen_owner_, "set_head_screen: the head screen is already set");
+    TG_CHECK(head_row >= 0, "set_head_screen: the plan has no LM head");
+    TG_CHECK(s.q && s.qs && s.err, "set_head_screen: q, qs and err are all needed");
+    TG_CHECK(weights[plan[head_row][3]].dtype != I8, "set_head_screen: an int8 head has nothing to screen");
+    screen_owner_ = std::make_unique<HeadScreen>(s);
+    screen_.store(screen_owner_.get(), std::memory_order_release);
+}
+
 Session::Session(std::shared_ptr<const Engine> e) : e_(std::move(e)) {
     const Config& c = e_->cfg;
     const size_t cache = (size_t)c.n_layer * c.n_ctx * c.n_embd;  // per layer [H, n_ctx, hd]
     kc_ = zeros(cache);
     vc_ = zeros(cache);
     for (int b = 0; b < BUF_LOGITS; b++) bufs_[b] = zeros((size_t)c.n_ctx * e_->width[b]);
+    head_scratch_ = zeros(c.n_vocab);
 }
 
 void Session::forward(const int32_t* tokens, int T, float* logits, bool all_logits) {
+    run(tokens, T, logits, all_logits, nullptr, nullptr);
+}
+
+int Session::forward_argmax(const int32_t* tokens, int T, int* n_exact) {
+    const int64_t h = e_->head_row;
+    TG_CHECK(h >= 0 && e_->plan[h][4] < 0 && !(e_->plan[h][5] & (PF_GELU | PF_ACCUM)),
+             "forward_argmax: the plan has no plain (bias-free, no epilogue) LM head");
+    int best = -1;
+    run(tokens, T, head_scratch_.get(), false, &best, n_exact);
+    return best;
+}
+
+void Session::run(const int32_t* tokens, int T, float* logits, bool all_logits, int* head_argmax, int* n_exact) {
     const Engine& e = *e_;
     const Config& c = e.cfg;
     TG_CHECK(T >= 1, "forward: no tokens");
@@ -120,6 +144,13 @@ void Session::forward(const int32_t* tokens, int T, float* logits, bool all_logi
                 break;
             case OP_LINEAR: {
                 const WeightRef& W = e.weights[op[3]];
+                if (head_argmax && o == BUF_LOGITS) {  // the last row's argmax, screened when a screen is set
+                    const Engine::HeadScreen* sc = e.head_screen();
+                    *head_argmax = k.matmul_argmax(head_scratch_.get(), row(in, T - 1), W.ptr, W.scale,
+                                                   sc ? sc->q : nullptr, sc ? sc->qs : nullptr, sc ? sc->err : nullptr,
+                                                   (int)W.rows, (int)W.cols, W.dtype, n_exact);
+                    break;
+                }
                 const float* b = op[4] >= 0 ? (const float*)e.weights[op[4]].ptr : nullptr;
                 k.matmul(row(o, r0), row(in, r0), W.ptr, W.scale, b, M, (int)W.rows, (int)W.cols, W.dtype,
                          ((fl & PF_GELU) ? GELU : 0) | ((fl & PF_ACCUM) ? ACCUM : 0));

@@ -4,6 +4,8 @@
 namespace TG_ISA_NS {
 
 void matmul(float*, const float*, const void*, const float*, const float*, int, int, int, int, int);
+int matmul_argmax(float*, const float*, const void*, const float*, const int8_t*, const float*, const float*, int,
+                  int, int, int*);
 void layernorm(float*, const float*, const float*, const float*, int, int, float);
 void attention(float*, const float*, float*, float*, int, int, int, int, int);
 void gelu(float*, const float*, int64_t);
@@ -13,7 +15,7 @@ void embedding(float*, const int32_t*, const void*, const float*, const float*, 
 #define TG_STR(x) TG_STR2(x)
 
 const tg::KernelTable& table() {
-    static const tg::KernelTable t = {TG_ISA_NAME, matmul, layernorm, attention, gelu, embedding};
+    static const tg::KernelTable t = {TG_ISA_NAME, matmul, matmul_argmax, layernorm, attention, gelu, embedding};
     return t;
 }
 

@@ -5,6 +5,7 @@
 // register tile runs over both; compute-bound (~130 GFLOP/s of ~190 peak on 2 Zen 3 cores, AVX2).
 #include "omp_compat.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <new>
 
@@ -62,8 +63,11 @@ inline void gemv_rows(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*
             out[n] = (flags & tg::ACCUM) ? out[n] + y : y;
         }
     }
-    if (S > 1 && beg + S * per < end) gemv_rows<1, 4>(out, x, W, ws, b, beg + S * per, end, K, flags);
+    // leftover rows: same A, so every row's value is the same arithmetic wherever the thread split falls
+    if (S > 1 && beg + S * per < end) gemv_rows<1, A>(out, x, W, ws, b, beg + S * per, end, K, flags);
 }
+
+constexpr int GEMV_S = 4, GEMV_A = 2;
 
 template <typename WT>
 void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/,
@@ -72,8 +76,58 @@ void gemv(float* out /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, con
     {
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         const int beg = (int)((int64_t)N * id / nt), end = (int)((int64_t)N * (id + 1) / nt);
-        gemv_rows<4, 2>(out, x, W, ws, b, beg, end, K, flags);
+        gemv_rows<GEMV_S, GEMV_A>(out, x, W, ws, b, beg, end, K, flags);
     }
+}
+
+// np.argmax semantics: the first NaN if there is one, else the first maximum.
+inline int first_argmax(const float* v /*[N]*/, int N) {
+    int best = 0;
+    for (int n = 0; n < N; n++) {
+        if (v[n] != v[n]) return n;
+        if (v[n] > v[best]) best = n;
+    }
+    return best;
+}
+
+// Greedy head: see matmul_argmax below. Screening pass, then exact rows for the survivors.
+template <typename WT>
+int argmax_t(float* scratch /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/,
+             const int8_t* q /*[N,K] or null*/, const float* qs /*[N]*/, const float* err /*[N]*/, int N, int K,
+             int* n_exact) {
+    double nx = 0;
+    for (int k = 0; k < K; k++) nx += (double)x[k] * x[k];
+    nx = std::sqrt(nx) * (1 + 1e-12);
+    bool screened = q && std::isfinite(nx);
+    if (screened) {
+        gemv(scratch, x, q, qs, nullptr, N, K, 0);  // a[n] ~ x . W[n], |exact - a| <= nx * err[n]
+        double lo = -INFINITY;
+        for (int n = 0; n < N && screened; n++) {
+            const double a = scratch[n], bnd = nx * err[n];
+            screened = std::isfinite(a) && std::isfinite(bnd);
+            if (a - bnd > lo) lo = a - bnd;
+        }
+        if (screened) {
+            // survivors: rows whose upper bound reaches the best lower bound (the slack covers double rounding)
+            int best = -1, cnt = 0;
+            float bestv = 0;
+            for (int n = 0; n < N && screened; n++) {
+                const double a = scratch[n], bnd = nx * err[n];
+                if (a + bnd + 1e-15 * (std::fabs(a) + bnd + std::fabs(lo)) < lo) continue;
+                cnt++;
+                gemv_rows<1, GEMV_A>(scratch, x, W, ws, nullptr, n, n + 1, K, 0);
+                screened = scratch[n] == scratch[n];  // a NaN (overflow) row: let the full pass order it
+                if (best < 0 || scratch[n] > bestv) best = n, bestv = scratch[n];
+            }
+            if (screened) {
+                *n_exact = cnt;
+                return best;
+            }
+        }
+    }
+    gemv(scratch, x, W, ws, nullptr, N, K, 0);  // no screen, or non-finite values: every row
+    *n_exact = N;
+    return first_argmax(scratch, N);
 }
 
 // ---- GEMM (M > 1) -------------------------------------------------------------------------------
@@ -260,6 +314,26 @@ void matmul(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void* w /*[N
         matmul_t(out, inp, (const bf16_t*)w, nullptr, b, M, N, K, flags);
     else
         matmul_t(out, inp, (const int8_t*)w, ws, b, M, N, K, flags);
+}
+
+}  // namespace TG_ISA_NS
+
+namespace TG_ISA_NS {
+
+// Index of the largest of x . W[n]^T over rows n (np.argmax of what matmul with M == 1, no bias, writes: the first
+// maximum, or the first NaN), without evaluating every row exactly. q[N,K] int8 with row scales qs[N] is a
+// screening copy of W whose error bound err[n] satisfies |x . W[n] (as the GEMV computes it) - x . q[n] * qs[n] (as
+// the int8 GEMV computes it)| <= ||x||_2 * err[n] (python/tinygpt/weights.py: head_screen). Rows whose screening
+// interval cannot reach the best lower bound are skipped; the rest are evaluated with the GEMV's own per-row
+// arithmetic, so the answer is bit-for-bit the argmax of the full GEMV. q == null, or any non-finite screening value,
+// evaluates every row. scratch: [N] floats (exact values of the evaluated rows on return); *n_exact: rows evaluated.
+int matmul_argmax(float* scratch /*[N]*/, const float* x /*[K]*/, const void* w /*[N,K]*/,
+                  const float* ws /*[N], int8 W only*/, const int8_t* q /*[N,K] or null*/, const float* qs /*[N]*/,
+                  const float* err /*[N]*/, int N, int K, int wdtype, int* n_exact) {
+    if (wdtype == tg::F32) return argmax_t(scratch, x, (const float*)w, nullptr, q, qs, err, N, K, n_exact);
+    if (wdtype == tg::F16) return argmax_t(scratch, x, (const f16_t*)w, nullptr, q, qs, err, N, K, n_exact);
+    if (wdtype == tg::BF16) return argmax_t(scratch, x, (const bf16_t*)w, nullptr, q, qs, err, N, K, n_exact);
+    return argmax_t(scratch, x, (const int8_t*)w, ws, nullptr, qs, err, N, K, n_exact);  // int8: nothing to screen
 }
 
 }  // namespace TG_ISA_NS

@@ -30,6 +30,34 @@ static const float* scale_ptr(const py::object& s, int code, py::ssize_t rows, F
     return keep.data();
 }
 
+// A head screen (matmul_argmax): q int8 [N, K], qs and err float32 [N]; not for an int8 head.
+struct ScreenArrays {
+    const int8_t* q;
+    const float *qs, *err;
+    FArrIn qs_keep, err_keep;
+};
+static ScreenArrays screen_arrays(const py::object& q, const py::object& qs, const py::object& err, int64_t N,
+                                  int64_t K, int code) {
+    if (code == I8) throw std::invalid_argument("head screen: an int8 head has nothing to screen");
+    if (q.is_none() || qs.is_none() || err.is_none())
+        throw std::invalid_argument("head screen: q, qs and err are all needed");
+    if (!py::isinstance<py::array>(q)) throw std::invalid_argument("head screen q: must be a numpy int8 array");
+    py::array qa = py::reinterpret_borrow<py::array>(q);
+    if (qa.dtype().kind() != 'i' || qa.itemsize() != 1 || !(qa.flags() & py::array::c_style))
+        throw std::invalid_argument("head screen q: must be a C-contiguous int8 array, got " +
+                                    std::string(py::str(qa.dtype())));
+    expect_shape(qa, {(py::ssize_t)N, (py::ssize_t)K}, "head screen q");
+    ScreenArrays s;
+    s.q = (const int8_t*)qa.data();
+    s.qs_keep = FArrIn::ensure(qs);
+    s.err_keep = FArrIn::ensure(err);
+    if (!s.qs_keep || !s.err_keep) throw std::invalid_argument("head screen: qs and err must be float32 arrays");
+    expect_shape(s.qs_keep, {(py::ssize_t)N}, "head screen qs");
+    expect_shape(s.err_keep, {(py::ssize_t)N}, "head screen err");
+    s.qs = s.qs_keep.data(), s.err = s.err_keep.data();
+    return s;
+}
+
 static const KernelTable& table_for(const std::string& isa) {
     if (isa.empty()) return kernels();
     const KernelTable* t = kernels_for(isa);
@@ -144,6 +172,37 @@ PYBIND11_MODULE(_cpu, m) {
     }, py::arg("out"), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
        py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none());
 
+    m.def("matmul_argmax", [](FArrIn x, py::array w, py::object q, py::object qs, py::object err,
+                              const std::string& wdtype, const std::string& isa, py::object wscale) {
+        if (w.ndim() != 2) throw std::invalid_argument("matmul_argmax w: expected [N, K], got " + shape_str(w));
+        const py::ssize_t N = w.shape(0), K = w.shape(1);
+        if (N < 1) throw std::invalid_argument("matmul_argmax: w has no rows");
+        if (x.size() != K) throw std::invalid_argument("matmul_argmax x: expected " + std::to_string(K) +
+                                                       " values, got " + std::to_string(x.size()));
+        const int code = dtype_code(wdtype);
+        const void* wp = weight_ptr(w, code, "matmul_argmax w");
+        FArrIn keep, qsk, errk;
+        const float* sp = scale_ptr(wscale, code, N, keep, "matmul_argmax wscale");
+        const int8_t* qp = nullptr;
+        const float *qsp = nullptr, *errp = nullptr;
+        if (!q.is_none()) {
+            ScreenArrays sa = screen_arrays(q, qs, err, N, K, code);
+            qp = sa.q, qsp = sa.qs, errp = sa.err;
+            qsk = sa.qs_keep, errk = sa.err_keep;
+        }
+        const KernelTable& k = table_for(isa);
+        FloatBuf scratch((float*)std::malloc(sizeof(float) * N));
+        if (!scratch) throw std::bad_alloc();
+        int n_exact = 0, best;
+        {
+            py::gil_scoped_release nogil;
+            best = k.matmul_argmax(scratch.get(), x.data(), wp, sp, qp, qsp, errp, (int)N, (int)K, code, &n_exact);
+        }
+        return py::make_tuple(best, n_exact);
+    }, py::arg("x"), py::arg("w"), py::arg("q") = py::none(), py::arg("qs") = py::none(), py::arg("err") = py::none(),
+       py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none(),
+       "(np.argmax(x[K] @ w[N,K].T), rows evaluated exactly); q[N,K] int8 * qs[N] screens w within ||x||_2 * err[N]");
+
     py::class_<PyEngine>(m, "Engine", py::module_local())
         .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
                          std::vector<py::array> weights, std::vector<std::string> dtypes, std::vector<py::object> scales) {
@@ -171,7 +230,18 @@ PYBIND11_MODULE(_cpu, m) {
                  pe->engine = std::make_shared<Engine>(c, std::move(rows), std::move(refs));
                  return pe;
              }),
-             py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"), py::arg("scales"));
+             py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"), py::arg("scales"))
+        .def("set_head_screen", [](PyEngine& pe, py::object q, py::object qs, py::object err) {
+            const Engine& e = *pe.engine;
+            TG_CHECK(e.head_row >= 0, "set_head_screen: the plan has no LM head");
+            const WeightRef& W = e.weights[e.plan[e.head_row][3]];
+            ScreenArrays sa = screen_arrays(q, qs, err, W.rows, W.cols, W.dtype);
+            pe.engine->set_head_screen({sa.q, sa.qs, sa.err});
+            pe.keep.push_back(py::reinterpret_borrow<py::array>(q));
+            pe.keep.push_back(sa.qs_keep);
+            pe.keep.push_back(sa.err_keep);
+        }, py::arg("q"), py::arg("qs"), py::arg("err"),
+           "greedy decoding's screening copy of the LM head: q[n_vocab, n_embd] int8, qs and err float32 [n_vocab]");
 
     py::class_<PySession>(m, "Session", py::module_local())
         .def(py::init([](PyEngine& e) { return PySession{std::make_shared<Session>(e.engine), e.engine}; }),
@@ -180,5 +250,16 @@ PYBIND11_MODULE(_cpu, m) {
         .def("reset", [](PySession& s) { s.s->reset(); })
         .def("forward", [](PySession& s, IArrIn tokens, bool all_logits) {
             return run_forward(*s.s, s.e->cfg.n_vocab, tokens, all_logits);
-        }, py::arg("tokens"), py::arg("all_logits") = false);
+        }, py::arg("tokens"), py::arg("all_logits") = false)
+        .def("forward_argmax", [](PySession& s, IArrIn tokens) {
+            if (tokens.ndim() != 1) throw std::invalid_argument("forward_argmax: tokens must be 1-D");
+            const int T = (int)tokens.size();
+            const int32_t* tp = tokens.data();
+            int n_exact = 0, best;
+            {
+                py::gil_scoped_release nogil;
+                best = s.s->forward_argmax(tp, T, &n_exact);
+            }
+            return py::make_tuple(best, n_exact);
+        }, py::arg("tokens"), "append tokens; (np.argmax of the last position's logits, head rows evaluated exactly)");
 }

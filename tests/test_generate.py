@@ -59,10 +59,11 @@ def test_eos_stops_unless_ignored(m, monkeypatch):
         calls["n"] += 1
         return eot if calls["n"] == 3 else real(logits, opts, rng, ctx)
     monkeypatch.setattr(g, "select", fake)
-    r = m.generate_result("Hi", max_new_tokens=10, temperature=0)
+    # sampled (greedy without a penalty never calls select: it takes forward_argmax's pick)
+    r = m.generate_result("Hi", max_new_tokens=10, temperature=0.7, seed=1)
     assert r.finish_reason == "stop" and len(r.tokens) == 2 and eot not in r.tokens
     calls["n"] = 0
-    r = m.generate_result("Hi", max_new_tokens=10, temperature=0, ignore_eos=True)
+    r = m.generate_result("Hi", max_new_tokens=10, temperature=0.7, seed=1, ignore_eos=True)
     assert len(r.tokens) == 10
 
 
@@ -114,3 +115,36 @@ def test_repeat_penalty_hf_rule():
     x = np.array([2.0, -2.0, 1.0])
     apply_repeat_penalty(x, [0, 1, 1], 2.0)
     assert x.tolist() == [1.0, -4.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_greedy_argmax_steps_equal_logits_steps(backend, tiny_dir, dtype):
+    """forward_argmax (greedy without a penalty; the cpu backend screens the head) picks np.argmax of the logits
+    forward() returns, step after step, and generate's greedy tokens follow it."""
+    if backend != "cpu" and dtype != "float32":
+        pytest.skip("numpy computes in float32; cuda has no int8")
+    m = tinygpt.load(tiny_dir, backend=backend, dtype=dtype)
+    a, b = m.backend.new_session(), m.backend.new_session()
+    ids = np.asarray(m.tokenizer.encode("The screen must not change a single token"), np.int32)
+    ta, tb = a.forward_argmax(ids), int(np.argmax(b.forward(ids)[-1]))
+    toks, rows = [], []
+    for _ in range(40):
+        assert ta == tb
+        toks.append(ta)
+        ta = a.forward_argmax(np.array([ta], np.int32))
+        tb = int(np.argmax(b.forward(np.array([tb], np.int32))[-1]))
+        rows.append(getattr(a, "head_rows_exact", None))
+    assert m.generate_result(ids.tolist(), max_new_tokens=40, temperature=0, ignore_eos=True).tokens == toks
+    if backend == "cpu" and dtype != "int8":
+        assert max(rows) < m.config.n_vocab // 10  # the screen is in use, not a silent full read
+    elif backend == "cpu":
+        assert set(rows) == {m.config.n_vocab}  # int8 heads are read whole
+
+
+def test_greedy_screen_can_be_turned_off(tiny_dir, monkeypatch):
+    pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
+    monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "0")
+    m = tinygpt.load(tiny_dir, backend="cpu")
+    s = m.backend.new_session()
+    s.forward_argmax(np.arange(5, dtype=np.int32))
+    assert s.head_rows_exact == m.config.n_vocab and not m.backend.screen_head

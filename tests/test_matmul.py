@@ -71,3 +71,111 @@ def test_matmul_rejects_bad_shapes():
     with pytest.raises(ValueError, match="dtype"):
         _cpu.matmul(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float16))
 
+
+
+# -- matmul_argmax: greedy decoding's screened LM head (cpu backend) ------------------------------------------
+def _argmax_kern(kern):
+    if not isinstance(kern.name, str) or not kern.name.startswith("cpu"):
+        pytest.skip("matmul_argmax is a cpu-backend kernel (numpy and cuda greedy steps take forward()'s row)")
+    return kern
+
+
+def _gemv(kern, x, w, wdtype="float32", wscale=None):
+    out = np.empty((1, w.shape[0]), np.float32)
+    kw = dict(wscale=wscale) if wscale is not None else {}
+    kern.matmul(out, x[None], w, None, wdtype=wdtype, **kw)
+    return out[0]
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("N,K", [(1, 1), (7, 5), (37, 29), (50, 768), (1000, 300), (2304, 768), (5003, 64)])
+def test_matmul_argmax_is_gemv_argmax(kern, rng, N, K, wdtype):
+    """The screened argmax is np.argmax of the kernel's own GEMV, and the screen leaves most rows unevaluated."""
+    from tinygpt.weights import head_screen
+    kern = _argmax_kern(kern)
+    for trial in range(3):
+        w, _ = make_weights(rng, (N, K), wdtype, 1 / math.sqrt(K))
+        x = (rng.standard_normal(K) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
+        want = int(np.argmax(_gemv(kern, x, w, wdtype)))
+        q, qs, err = head_screen(w, wdtype)
+        got, n_exact = kern.matmul_argmax(x, w, q, qs, err, wdtype=wdtype)
+        assert got == want and 1 <= n_exact <= N
+        if N >= 1000:
+            assert n_exact < N // 10  # random rows: the screen must actually prune
+        assert kern.matmul_argmax(x, w, wdtype=wdtype) == (want, N)  # no screen: every row
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16"])
+def test_matmul_argmax_near_ties_bitwise(kern, rng, wdtype):
+    """Rows equal up to their last bits: every row survives the screen, and the pick among values that differ in
+    the last ulp is still the GEMV's, so the exact rows use the GEMV's arithmetic bit for bit."""
+    from tinygpt.weights import head_screen, from_float32
+    kern = _argmax_kern(kern)
+    N, K = 777, 203
+    base = rng.standard_normal(K).astype(np.float32)
+    w32 = base + rng.standard_normal((N, K)).astype(np.float32) * np.float32(1e-6) * np.abs(base)
+    w = from_float32(w32, wdtype)
+    for _ in range(5):
+        x = rng.standard_normal(K).astype(np.float32)
+        logits = _gemv(kern, x, w, wdtype)
+        got, n_exact = kern.matmul_argmax(x, w, *head_screen(w, wdtype), wdtype=wdtype)
+        assert got == int(np.argmax(logits)) and n_exact > N // 2
+
+
+def test_matmul_argmax_bound_holds(kern, rng):
+    """|float32 GEMV - screened int8 GEMV| <= ||x||_2 err, row by row, over scales of x and w."""
+    from tinygpt.weights import head_screen
+    kern = _argmax_kern(kern)
+    for K in (1, 17, 768):
+        for wscale in (1e-3, 1.0, 1e3):
+            w = (rng.standard_normal((300, K)) * wscale).astype(np.float32)
+            w[0] = 0  # an all-zero row (scale 1)
+            q, qs, err = head_screen(w, "float32")
+            x = rng.standard_normal(K).astype(np.float32) * np.float32(wscale)
+            exact = _gemv(kern, x, w).astype(np.float64)
+            approx = _gemv(kern, x, q, "int8", qs).astype(np.float64)
+            assert np.all(np.abs(exact - approx) <= np.linalg.norm(x.astype(np.float64)) * err)
+
+
+def test_matmul_argmax_non_finite(kern, rng):
+    """NaN anywhere: np.argmax's answer (the first NaN), found by evaluating every row."""
+    from tinygpt.weights import head_screen
+    kern = _argmax_kern(kern)
+    w = rng.standard_normal((40, 16)).astype(np.float32)
+    x = rng.standard_normal(16).astype(np.float32)
+    w[17, 3] = np.nan
+    with np.errstate(invalid="ignore"):
+        screen = head_screen(w, "float32")
+    assert kern.matmul_argmax(x, w, *screen) == (17, 40)
+    w[17, 3] = 1.0
+    x[5] = np.nan
+    assert kern.matmul_argmax(x, w, *head_screen(w, "float32")) == (0, 40)
+
+
+def test_matmul_argmax_int8_head(kern, rng):
+    from tinygpt.weights import quantize_int8
+    kern = _argmax_kern(kern)
+    q, s = quantize_int8(rng.standard_normal((61, 45)).astype(np.float32))
+    x = rng.standard_normal(45).astype(np.float32)
+    assert kern.matmul_argmax(x, q, wdtype="int8", wscale=s) == (int(np.argmax(_gemv(kern, x, q, "int8", s))), 61)
+
+
+def test_matmul_argmax_rejects_bad_screens():
+    pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
+    from tinygpt import _cpu
+    from tinygpt.weights import head_screen
+    w = np.ones((6, 4), np.float32)
+    q, qs, err = head_screen(w, "float32")
+    x = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"head screen q: expected shape \[6, 4\], got \[5, 4\]"):
+        _cpu.matmul_argmax(x, w, q[:5], qs, err)
+    with pytest.raises(ValueError, match="int8 array"):
+        _cpu.matmul_argmax(x, w, q.astype(np.int16), qs, err)
+    with pytest.raises(ValueError, match=r"head screen err: expected shape \[6\]"):
+        _cpu.matmul_argmax(x, w, q, qs, err[:2])
+    with pytest.raises(ValueError, match="all needed"):
+        _cpu.matmul_argmax(x, w, q, qs)
+    with pytest.raises(ValueError, match="expected 4 values, got 3"):
+        _cpu.matmul_argmax(x[:3], w, q, qs, err)
+    with pytest.raises(ValueError, match="nothing to screen"):
+        _cpu.matmul_argmax(x, q, q, qs, err, wdtype="int8", wscale=qs)

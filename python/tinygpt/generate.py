@@ -81,12 +81,20 @@ class Stream:
         res.finish_reason = "length"
         if opts.max_new_tokens == 0:
             return
+        # greedy without a penalty needs only the argmax: forward_argmax (the cpu backend skips most of the head)
+        argmax_only = opts.greedy and opts.repeat_penalty == 1.0
+
+        def step(ids):
+            if argmax_only:
+                return session.forward_argmax(np.asarray(ids, np.int32))
+            return session.forward(np.asarray(ids, np.int32))[-1]
+
         t0 = time.perf_counter()
-        logits = session.forward(np.asarray(context, np.int32))[-1]
+        out = step(context)
         tm.prefill_s = time.perf_counter() - t0
         t_step = None  # set while a decode step is being timed (forward + token choice)
         while True:
-            tok = select(logits, opts, rng, context)
+            tok = out if argmax_only else select(out, opts, rng, context)
             if t_step is not None:
                 tm.decode_s += time.perf_counter() - t_step
                 tm.decode_steps += 1
@@ -113,10 +121,10 @@ class Stream:
                 keep_n = n_ctx - n_ctx // 4  # drop the oldest quarter and re-prefill the rest
                 session.reset()
                 t_step = None
-                logits = session.forward(np.asarray(context[-keep_n:], np.int32))[-1]
+                out = step(context[-keep_n:])
                 continue
             t_step = time.perf_counter()
-            logits = session.forward(np.asarray([tok], np.int32))[-1]
+            out = step([tok])
         pending += dec.flush()
         hit = _first_stop(pending, opts.stop)
         if hit >= 0:

@@ -76,6 +76,35 @@ def quantize_int8(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def head_screen(w: np.ndarray, dtype: str, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy decoding's screening copy of an LM head w [N, K] stored as `dtype` (float32, float16, or bfloat16
+    bits): (q int8 [N, K], qs float32 [N], err float32 [N]) such that for any float32 x, the head's float32 GEMV
+    value of row n and the int8 GEMV value x . q[n] * qs[n] differ by at most ||x||_2 * err[n].
+
+    err[n] = ||w[n] - qs[n] q[n]||_2 (the quantization, by Cauchy-Schwarz) + g (||w[n]||_2 + qs[n] ||q[n]||_2)
+    (float32 rounding of both dot products, any summation order or FMA use: g = (2K + 8) 2^-24 >= gamma_(2K+8)),
+    computed in float64, scaled by 1 + 1e-6 and rounded up to float32. Built in row chunks (small temporaries)."""
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"no head screen for {dtype} weights")
+    N, K = w.shape
+    q = np.empty((N, K), np.int8)
+    qs = np.empty(N, np.float32)
+    err = np.empty(N, np.float32)
+    g = (2 * K + 8) * 2.0 ** -24
+    for r0 in range(0, N, chunk):
+        wf = to_float32(np.asarray(w[r0:r0 + chunk]), _ST_OF[dtype])
+        qq, ss = quantize_int8(wf)
+        w64, q64, s64 = wf.astype(np.float64), qq.astype(np.float64), ss.astype(np.float64)
+        d = w64 - q64 * s64[:, None]  # exact: |q| <= 127 times a float32 fits a float64
+        e = (np.sqrt(np.einsum("ij,ij->i", d, d)) +
+             g * (np.sqrt(np.einsum("ij,ij->i", w64, w64)) + s64 * np.sqrt(np.einsum("ij,ij->i", q64, q64))))
+        e *= 1 + 1e-6
+        e32 = e.astype(np.float32)
+        q[r0:r0 + chunk], qs[r0:r0 + chunk] = qq, ss
+        err[r0:r0 + chunk] = np.where(e32 < e, np.nextafter(e32, np.float32(np.inf)), e32)
+    return q, qs, err
+
+
 def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * scale[:, None]
 

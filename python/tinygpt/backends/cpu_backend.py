@@ -1,15 +1,24 @@
 """C++/OpenMP backend (tinygpt._cpu): the plan runs natively, one call per forward; weights are borrowed
-zero-copy from the checkpoint's arrays (memory-mapped for converted files)."""
+zero-copy from the checkpoint's arrays (memory-mapped for converted files).
+
+Greedy decoding (forward_argmax) screens the LM head with an int8 copy of it (weights.head_screen: a quarter of a
+float32 head's bytes, built on the first greedy step) and evaluates exactly only the rows that could still be the
+argmax, so each step reads about 3/4 less of the head and picks the same token. TINYGPT_GREEDY_SCREEN=0, or
+screen_head=False, turns it off (every greedy step then reads the whole head)."""
 from __future__ import annotations
 
+import os
+import threading
+
 from ..errors import BackendUnavailableError, InvalidArgumentError
+from ..weights import head_screen
 from .native import NativeSession, engine_args
 
 
 class CpuBackend:
     name = "cpu"
 
-    def __init__(self, ck, plan, weight_names, threads: int | None = None):
+    def __init__(self, ck, plan, weight_names, threads: int | None = None, screen_head: bool | None = None):
         try:
             from .. import _cpu
         except ImportError as e:
@@ -21,6 +30,21 @@ class CpuBackend:
             _cpu.set_num_threads(threads)  # process-wide (OpenMP)
         self.cfg, self.dtype = ck.config, ck.dtype
         self.engine = _cpu.Engine(*engine_args(ck, plan, weight_names))
+        if screen_head is None:
+            screen_head = os.environ.get("TINYGPT_GREEDY_SCREEN", "1") != "0"
+        # an int8 head is already the screen's size: nothing to gain
+        self.screen_head = bool(screen_head) and ck.dtype != "int8"
+        self._head = ck.tensors["wte.weight" if ck.config.tie_word_embeddings else "lm_head.weight"]
+        self._screened = False
+        self._lock = threading.Lock()
+
+    def _ensure_screen(self) -> None:
+        if self._screened or not self.screen_head:
+            return
+        with self._lock:
+            if not self._screened:
+                self.engine.set_head_screen(*head_screen(self._head, self.dtype))
+                self._screened = True
 
     def new_session(self) -> NativeSession:
-        return NativeSession(self._cpu.Session(self.engine), self.cfg.n_ctx)
+        return NativeSession(self._cpu.Session(self.engine), self.cfg.n_ctx, self._ensure_screen)

@@ -23,8 +23,9 @@ def engine_args(ck, plan, weight_names) -> tuple:
 
 
 class NativeSession:
-    def __init__(self, native, n_ctx: int):
-        self._s, self._n_ctx = native, n_ctx
+    def __init__(self, native, n_ctx: int, before_argmax=None):
+        self._s, self._n_ctx, self._before_argmax = native, n_ctx, before_argmax
+        self.head_rows_exact = 0  # LM head rows the last forward_argmax evaluated exactly (cpu; else all)
 
     @property
     def pos(self) -> int:
@@ -37,3 +38,17 @@ class NativeSession:
         if len(tokens) == 0 or self.pos + len(tokens) > self._n_ctx:
             raise ContextOverflowError(f"{self.pos} cached + {len(tokens)} new tokens exceed the context of {self._n_ctx}")
         return self._s.forward(np.asarray(tokens, np.int32), all_logits)
+
+    def forward_argmax(self, tokens: np.ndarray) -> int:
+        """Append tokens; np.argmax of the last position's logits (what greedy decoding picks). The cpu module
+        finds it without computing every logit (a screened head, same answer); the others take forward()'s row."""
+        if not hasattr(self._s, "forward_argmax"):
+            logits = self.forward(tokens)[-1]
+            self.head_rows_exact = logits.size
+            return int(np.argmax(logits))
+        if len(tokens) == 0 or self.pos + len(tokens) > self._n_ctx:
+            raise ContextOverflowError(f"{self.pos} cached + {len(tokens)} new tokens exceed the context of {self._n_ctx}")
+        if self._before_argmax is not None:
+            self._before_argmax()
+        tok, self.head_rows_exact = self._s.forward_argmax(np.asarray(tokens, np.int32))
+        return tok

@@ -65,3 +65,7 @@ class NumpySession:
                 raise AssertionError(f"unknown op {op}")
         self.pos = p0 + T
         return logits
+
+    def forward_argmax(self, tokens: np.ndarray) -> int:
+        """Append tokens; np.argmax of the last position's logits (greedy decoding's pick)."""
+        return int(np.argmax(self.forward(tokens)[-1]))

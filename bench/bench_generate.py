@@ -5,6 +5,8 @@ transformers (torch, CPU or GPU) and llama.cpp (llama-cpp-python, GGUF written b
 
 bench_round_robin is the comparison to quote: every runner (tinygpt per backend and dtype, and each peer) is
 loaded first, then each round runs every runner once, in turn, so slow drifts of a shared host hit all alike.
+Greedy steps on the cpu backend screen the LM head (forward_argmax); "tinygpt cpu float32 full-head" is the same
+model with the screen off (TINYGPT_GREEDY_SCREEN=0), i.e. the speed of a sampled step, which needs every logit.
 """
 import os
 import subprocess
@@ -195,6 +197,12 @@ def bench_round_robin(benchmark, model_dir):
     for backend in tinygpt.available_backends():
         for dtype in (["float32"] if backend == "numpy" else [t for t in DTYPES if backend == "cpu" or t != "int8"]):
             runners[f"tinygpt {backend} {dtype}"] = tinygpt_runner(tinygpt.load(d, backend=backend, dtype=dtype))
+            if backend == "cpu" and dtype == "float32":  # greedy reading the whole head, as a sampled step does
+                os.environ["TINYGPT_GREEDY_SCREEN"] = "0"
+                try:
+                    runners["tinygpt cpu float32 full-head"] = tinygpt_runner(tinygpt.load(d, backend=backend, dtype=dtype))
+                finally:
+                    del os.environ["TINYGPT_GREEDY_SCREEN"]
     if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
         runners["transformers cpu float32"] = transformers_runner(d, "cpu", "float32")
     if importlib.util.find_spec("llama_cpp") and (PEERS / "to_gguf.py").is_file():

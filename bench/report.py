@@ -67,6 +67,9 @@ def main(data):
         for n, x, _ in kern:
             if "gb_s_per_copy" in x:
                 print(f"\n{n}: GB/s of each fresh copy of the same matrix: {x['gb_s_per_copy']}")
+            if "head_equiv_gb_s" in x:
+                print(f"\n{n}: {x['rows_exact']} of {x['N']} rows evaluated exactly; the whole head's bytes over "
+                      f"its time: {x['head_equiv_gb_s']} GB/s")
 
 
 def across_runs(datas):

@@ -47,7 +47,7 @@ class Session {
     // Append T tokens at pos(); writes logits[T or 1, n_vocab] (all rows, or only the last).
     void forward(const int32_t* tokens, int T, float* logits, bool all_logits);
     // Append T tokens; returns np.argmax of the last position's logits without materialising them all
-    // (Engine::head_q screens the head); *n_exact: head rows evaluated exactly.
+    // (Engine::head_screen() screens the head); *n_exact: head rows evaluated exactly.
     int forward_argmax(const int32_t* tokens, int T, int* n_exact);
     int pos() const { return pos_; }
     void reset() { pos_ = 0; }

@@ -107,14 +107,22 @@ int argmax_t(float* scratch /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]
             screened = std::isfinite(a) && std::isfinite(bnd);
             if (a - bnd > lo) lo = a - bnd;
         }
+        // survivors: rows whose upper bound reaches the best lower bound (the slack covers double rounding and
+        // float32 underflow)
+        auto survives = [&](int n) {
+            const double a = scratch[n], bnd = nx * err[n];
+            return a + bnd + 1e-15 * (std::fabs(a) + bnd + std::fabs(lo)) + 1e-30 >= lo;
+        };
+        int cnt = 0;
+        for (int n = 0; n < N && screened; n++) cnt += survives(n);
+        // a screen too loose to pay (x near 0, flat rows): one parallel pass over every row is cheaper than many
+        // single rows
+        screened = screened && cnt <= N / 4;
         if (screened) {
-            // survivors: rows whose upper bound reaches the best lower bound (the slack covers double rounding)
-            int best = -1, cnt = 0;
+            int best = -1;
             float bestv = 0;
             for (int n = 0; n < N && screened; n++) {
-                const double a = scratch[n], bnd = nx * err[n];
-                if (a + bnd + 1e-15 * (std::fabs(a) + bnd + std::fabs(lo)) < lo) continue;
-                cnt++;
+                if (!survives(n)) continue;
                 gemv_rows<1, GEMV_A>(scratch, x, W, ws, nullptr, n, n + 1, K, 0);
                 screened = scratch[n] == scratch[n];  // a NaN (overflow) row: let the full pass order it
                 if (best < 0 || scratch[n] > bestv) best = n, bestv = scratch[n];
@@ -325,8 +333,8 @@ namespace TG_ISA_NS {
 // screening copy of W whose error bound err[n] satisfies |x . W[n] (as the GEMV computes it) - x . q[n] * qs[n] (as
 // the int8 GEMV computes it)| <= ||x||_2 * err[n] (python/tinygpt/weights.py: head_screen). Rows whose screening
 // interval cannot reach the best lower bound are skipped; the rest are evaluated with the GEMV's own per-row
-// arithmetic, so the answer is bit-for-bit the argmax of the full GEMV. q == null, or any non-finite screening value,
-// evaluates every row. scratch: [N] floats (exact values of the evaluated rows on return); *n_exact: rows evaluated.
+// arithmetic, so the answer is bit-for-bit the argmax of the full GEMV. q == null, any non-finite screening value,
+// or more than a quarter of the rows surviving, evaluates every row (one parallel GEMV). scratch: [N] floats (exact values of the evaluated rows on return); *n_exact: rows evaluated.
 int matmul_argmax(float* scratch /*[N]*/, const float* x /*[K]*/, const void* w /*[N,K]*/,
                   const float* ws /*[N], int8 W only*/, const int8_t* q /*[N,K] or null*/, const float* qs /*[N]*/,
                   const float* err /*[N]*/, int N, int K, int wdtype, int* n_exact) {

@@ -105,21 +105,33 @@ def test_matmul_argmax_is_gemv_argmax(kern, rng, N, K, wdtype):
         assert kern.matmul_argmax(x, w, wdtype=wdtype) == (want, N)  # no screen: every row
 
 
-@pytest.mark.parametrize("wdtype", ["float32", "bfloat16"])
-def test_matmul_argmax_near_ties_bitwise(kern, rng, wdtype):
-    """Rows equal up to their last bits: every row survives the screen, and the pick among values that differ in
-    the last ulp is still the GEMV's, so the exact rows use the GEMV's arithmetic bit for bit."""
-    from tinygpt.weights import head_screen, from_float32
+@pytest.mark.parametrize("K", [203, 768])
+def test_matmul_argmax_near_ties_bitwise(kern, rng, K):
+    """300 rows equal up to their last bits, among 1700 clearly lower ones: the 300 survive the screen and are
+    evaluated one by one, and the pick among values that differ in the last ulp is still the full GEMV's, so
+    the single-row evaluation is the GEMV's arithmetic bit for bit."""
+    from tinygpt.weights import head_screen
     kern = _argmax_kern(kern)
-    N, K = 777, 203
+    N, n_tied = 2000, 300
     base = rng.standard_normal(K).astype(np.float32)
-    w32 = base + rng.standard_normal((N, K)).astype(np.float32) * np.float32(1e-6) * np.abs(base)
-    w = from_float32(w32, wdtype)
-    for _ in range(5):
-        x = rng.standard_normal(K).astype(np.float32)
-        logits = _gemv(kern, x, w, wdtype)
-        got, n_exact = kern.matmul_argmax(x, w, *head_screen(w, wdtype), wdtype=wdtype)
-        assert got == int(np.argmax(logits)) and n_exact > N // 2
+    w = (-base + rng.standard_normal((N, K)).astype(np.float32)).astype(np.float32)
+    w[:n_tied] = base + rng.standard_normal((n_tied, K)).astype(np.float32) * np.float32(1e-6) * np.abs(base)
+    w = w[rng.permutation(N)]
+    screen = head_screen(w, "float32")
+    for _ in range(8):
+        x = (base + 0.1 * rng.standard_normal(K)).astype(np.float32)
+        logits = _gemv(kern, x, w)
+        got, n_exact = kern.matmul_argmax(x, w, *screen)
+        assert n_tied <= n_exact <= N // 4  # the single-row path, not the full fallback
+        assert got == int(np.argmax(logits))
+
+
+def test_matmul_argmax_loose_screen_reads_every_row(kern, rng):
+    """x = 0: every row survives; past a quarter of the rows one full GEMV is used (same answer: row 0)."""
+    from tinygpt.weights import head_screen
+    kern = _argmax_kern(kern)
+    w = rng.standard_normal((100, 33)).astype(np.float32)
+    assert kern.matmul_argmax(np.zeros(33, np.float32), w, *head_screen(w, "float32")) == (0, 100)
 
 
 def test_matmul_argmax_bound_holds(kern, rng):

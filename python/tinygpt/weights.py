@@ -76,14 +76,15 @@ def quantize_int8(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def head_screen(w: np.ndarray, dtype: str, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def head_screen(w: np.ndarray, dtype: str, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy decoding's screening copy of an LM head w [N, K] stored as `dtype` (float32, float16, or bfloat16
     bits): (q int8 [N, K], qs float32 [N], err float32 [N]) such that for any float32 x, the head's float32 GEMV
     value of row n and the int8 GEMV value x . q[n] * qs[n] differ by at most ||x||_2 * err[n].
 
     err[n] = ||w[n] - qs[n] q[n]||_2 (the quantization, by Cauchy-Schwarz) + g (||w[n]||_2 + qs[n] ||q[n]||_2)
     (float32 rounding of both dot products, any summation order or FMA use: g = (2K + 8) 2^-24 >= gamma_(2K+8)),
-    computed in float64, scaled by 1 + 1e-6 and rounded up to float32. Built in row chunks (small temporaries)."""
+    computed in float64, scaled by 1 + 1e-6 and rounded up to float32. Built in row chunks, so the float64
+    temporaries stay a few MB (the peak-RSS budget has little room)."""
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"no head screen for {dtype} weights")
     N, K = w.shape

@@ -39,6 +39,11 @@ class NativeSession:
             raise ContextOverflowError(f"{self.pos} cached + {len(tokens)} new tokens exceed the context of {self._n_ctx}")
         return self._s.forward(np.asarray(tokens, np.int32), all_logits)
 
+    def prepare_argmax(self) -> None:
+        """Build what forward_argmax needs (the cpu backend's head screen) now, outside any timed step."""
+        if self._before_argmax is not None and hasattr(self._s, "forward_argmax"):
+            self._before_argmax()
+
     def forward_argmax(self, tokens: np.ndarray) -> int:
         """Append tokens; np.argmax of the last position's logits (what greedy decoding picks). The cpu module
         finds it without computing every logit (a screened head, same answer); the others take forward()'s row."""

@@ -118,11 +118,13 @@ def test_repeat_penalty_hf_rule():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
-def test_greedy_argmax_steps_equal_logits_steps(backend, tiny_dir, dtype):
+def test_greedy_argmax_steps_equal_logits_steps(backend, tiny_dir, dtype, monkeypatch):
     """forward_argmax (greedy without a penalty; the cpu backend screens the head) picks np.argmax of the logits
     forward() returns, step after step, and generate's greedy tokens follow it."""
     if backend != "cpu" and dtype != "float32":
         pytest.skip("numpy computes in float32; cuda has no int8")
+    if backend == "cpu":
+        monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "1")  # 16-bit heads too (the default screens float32 only)
     m = tinygpt.load(tiny_dir, backend=backend, dtype=dtype)
     a, b = m.backend.new_session(), m.backend.new_session()
     ids = np.asarray(m.tokenizer.encode("The screen must not change a single token"), np.int32)
@@ -148,3 +150,9 @@ def test_greedy_screen_can_be_turned_off(tiny_dir, monkeypatch):
     s = m.backend.new_session()
     s.forward_argmax(np.arange(5, dtype=np.int32))
     assert s.head_rows_exact == m.config.n_vocab and not m.backend.screen_head
+    monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "auto")
+    assert tinygpt.load(tiny_dir, backend="cpu").backend.screen_head
+    assert not tinygpt.load(tiny_dir, backend="cpu", dtype="bfloat16").backend.screen_head
+    monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "yes")
+    with pytest.raises(tinygpt.InvalidArgumentError, match="auto, 0 or 1"):
+        tinygpt.load(tiny_dir, backend="cpu")

@@ -1,6 +1,7 @@
 """matmul kernels vs the float64 reference: odd sizes, M=1 (GEMV) and M>1 (GEMM), bias/GELU/accumulate
 epilogues, and f16/bf16 weights (reference built from the same rounded weights)."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -156,8 +157,10 @@ def test_matmul_argmax_non_finite(kern, rng):
     w = rng.standard_normal((40, 16)).astype(np.float32)
     x = rng.standard_normal(16).astype(np.float32)
     w[17, 3] = np.nan
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # library code: no RuntimeWarning for a NaN weight
         screen = head_screen(w, "float32")
+    assert np.isnan(screen[2][17])
     assert kern.matmul_argmax(x, w, *screen) == (17, 40)
     w[17, 3] = 1.0
     x[5] = np.nan

@@ -35,7 +35,7 @@ struct KernelTable {
     void (*matmul)(float* out, const float* inp, const void* w, const float* wscale, const float* b, int M, int N,
                    int K, int wdtype, int flags);
     // np.argmax over n of x[K] . W[n,:] (the M == 1 matmul, no bias, no flags) without reading every row exactly:
-    // q[N,K] int8 * qs[N] screens W with |error| <= ||x||_2 * err[N]; q null: every row. scratch[N]; returns the
+    // q[N,K] int8 * qs[N] screens W within the bounds err[N,3] describe; q null: every row. scratch[N]; returns the
     // index and sets *n_exact to the rows evaluated exactly (matmul.cpp: matmul_argmax).
     int (*matmul_argmax)(float* scratch, const float* x, const void* w, const float* wscale, const int8_t* q,
                          const float* qs, const float* err, int N, int K, int wdtype, int* n_exact);

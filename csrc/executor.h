@@ -26,7 +26,7 @@ struct Engine {
     struct HeadScreen {
         const int8_t* q;   // [n_vocab, n_embd]
         const float* qs;   // [n_vocab]
-        const float* err;  // [n_vocab]
+        const float* err;  // [n_vocab, 3]
     };
     void set_head_screen(HeadScreen s);
     const HeadScreen* head_screen() const { return screen_.load(std::memory_order_acquire); }
@@ -56,6 +56,7 @@ class Session {
     std::shared_ptr<const Engine> e_;
     FloatBuf kc_, vc_, bufs_[BUF_LOGITS], head_scratch_;
     int pos_ = 0;
+    int screen_rest_ = 0;  // greedy steps left that skip a head screen which did not prune last time
     // runs the plan; head_argmax null: the head writes logits, else its argmax goes there
     void run(const int32_t* tokens, int T, float* logits, bool all_logits, int* head_argmax, int* n_exact);
 };

@@ -5,6 +5,7 @@
 // register tile runs over both; compute-bound (~130 GFLOP/s of ~190 peak on 2 Zen 3 cores, AVX2).
 #include "omp_compat.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <new>
@@ -93,24 +94,29 @@ inline int first_argmax(const float* v /*[N]*/, int N) {
 // Greedy head: see matmul_argmax below. Screening pass, then exact rows for the survivors.
 template <typename WT>
 int argmax_t(float* scratch /*[N]*/, const float* x /*[K]*/, const WT* W /*[N,K]*/, const float* ws /*[N] or null*/,
-             const int8_t* q /*[N,K] or null*/, const float* qs /*[N]*/, const float* err /*[N]*/, int N, int K,
+             const int8_t* q /*[N,K] or null*/, const float* qs /*[N]*/, const float* err /*[N,3]*/, int N, int K,
              int* n_exact) {
-    double nx = 0;
-    for (int k = 0; k < K; k++) nx += (double)x[k] * x[k];
-    nx = std::sqrt(nx) * (1 + 1e-12);
-    bool screened = q && std::isfinite(nx);
+    double n2 = 0, n1 = 0;
+    for (int k = 0; k < K; k++) n2 += (double)x[k] * x[k], n1 += std::fabs((double)x[k]);
+    n2 = std::sqrt(n2) * (1 + 1e-12), n1 *= 1 + 1e-12;
+    bool screened = q && std::isfinite(n2) && std::isfinite(n1);
+    // |exact_n - a_n| <= min(||x||_2 ||e_n||_2, ||x||_1 max|e_n|) + ||x||_2 * rounding_n  (e_n: quantization error)
+    auto bound = [&](int n) {
+        const float* e = err + 3 * (int64_t)n;
+        return std::min(n2 * e[0], n1 * e[1]) + n2 * e[2];
+    };
     if (screened) {
-        gemv(scratch, x, q, qs, nullptr, N, K, 0);  // a[n] ~ x . W[n], |exact - a| <= nx * err[n]
+        gemv(scratch, x, q, qs, nullptr, N, K, 0);  // a_n ~ x . W[n]
         double lo = -INFINITY;
         for (int n = 0; n < N && screened; n++) {
-            const double a = scratch[n], bnd = nx * err[n];
+            const double a = scratch[n], bnd = bound(n);
             screened = std::isfinite(a) && std::isfinite(bnd);
             if (a - bnd > lo) lo = a - bnd;
         }
         // survivors: rows whose upper bound reaches the best lower bound (the slack covers double rounding and
         // float32 underflow)
         auto survives = [&](int n) {
-            const double a = scratch[n], bnd = nx * err[n];
+            const double a = scratch[n], bnd = bound(n);
             return a + bnd + 1e-15 * (std::fabs(a) + bnd + std::fabs(lo)) + 1e-30 >= lo;
         };
         int cnt = 0;
@@ -330,14 +336,16 @@ namespace TG_ISA_NS {
 
 // Index of the largest of x . W[n]^T over rows n (np.argmax of what matmul with M == 1, no bias, writes: the first
 // maximum, or the first NaN), without evaluating every row exactly. q[N,K] int8 with row scales qs[N] is a
-// screening copy of W whose error bound err[n] satisfies |x . W[n] (as the GEMV computes it) - x . q[n] * qs[n] (as
-// the int8 GEMV computes it)| <= ||x||_2 * err[n] (python/tinygpt/weights.py: head_screen). Rows whose screening
-// interval cannot reach the best lower bound are skipped; the rest are evaluated with the GEMV's own per-row
-// arithmetic, so the answer is bit-for-bit the argmax of the full GEMV. q == null, any non-finite screening value,
-// or more than a quarter of the rows surviving, evaluates every row (one parallel GEMV). scratch: [N] floats (exact values of the evaluated rows on return); *n_exact: rows evaluated.
+// screening copy of W; err[n] = (||e_n||_2, max|e_n|, r_n) for its quantization error e_n = W[n] - qs[n] q[n] and
+// the float32 rounding coefficient r_n, so that |x . W[n] (as the GEMV computes it) - x . q[n] * qs[n] (as the
+// int8 GEMV computes it)| <= min(||x||_2 ||e_n||_2, ||x||_1 max|e_n|) + ||x||_2 r_n (weights.py: head_screen).
+// Rows whose screening interval cannot reach the best lower bound are skipped; the rest are evaluated with the
+// GEMV's own per-row arithmetic, so the answer is bit-for-bit the argmax of the full GEMV. q == null, any
+// non-finite screening value, or over a quarter of the rows surviving: every row (one parallel GEMV).
+// scratch: [N] floats (exact values of the evaluated rows on return); *n_exact: rows evaluated exactly.
 int matmul_argmax(float* scratch /*[N]*/, const float* x /*[K]*/, const void* w /*[N,K]*/,
                   const float* ws /*[N], int8 W only*/, const int8_t* q /*[N,K] or null*/, const float* qs /*[N]*/,
-                  const float* err /*[N]*/, int N, int K, int wdtype, int* n_exact) {
+                  const float* err /*[N,3]*/, int N, int K, int wdtype, int* n_exact) {
     if (wdtype == tg::F32) return argmax_t(scratch, x, (const float*)w, nullptr, q, qs, err, N, K, n_exact);
     if (wdtype == tg::F16) return argmax_t(scratch, x, (const f16_t*)w, nullptr, q, qs, err, N, K, n_exact);
     if (wdtype == tg::BF16) return argmax_t(scratch, x, (const bf16_t*)w, nullptr, q, qs, err, N, K, n_exact);

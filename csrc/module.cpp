@@ -30,7 +30,7 @@ static const float* scale_ptr(const py::object& s, int code, py::ssize_t rows, F
     return keep.data();
 }
 
-// A head screen (matmul_argmax): q int8 [N, K], qs and err float32 [N]; not for an int8 head.
+// A head screen (matmul_argmax): q int8 [N, K], qs float32 [N], err float32 [N, 3]; not for an int8 head.
 struct ScreenArrays {
     const int8_t* q;
     const float *qs, *err;
@@ -53,7 +53,7 @@ static ScreenArrays screen_arrays(const py::object& q, const py::object& qs, con
     s.err_keep = FArrIn::ensure(err);
     if (!s.qs_keep || !s.err_keep) throw std::invalid_argument("head screen: qs and err must be float32 arrays");
     expect_shape(s.qs_keep, {(py::ssize_t)N}, "head screen qs");
-    expect_shape(s.err_keep, {(py::ssize_t)N}, "head screen err");
+    expect_shape(s.err_keep, {(py::ssize_t)N, 3}, "head screen err");
     s.qs = s.qs_keep.data(), s.err = s.err_keep.data();
     return s;
 }
@@ -201,7 +201,7 @@ PYBIND11_MODULE(_cpu, m) {
         return py::make_tuple(best, n_exact);
     }, py::arg("x"), py::arg("w"), py::arg("q") = py::none(), py::arg("qs") = py::none(), py::arg("err") = py::none(),
        py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none(),
-       "(np.argmax(x[K] @ w[N,K].T), rows evaluated exactly); q[N,K] int8 * qs[N] screens w within ||x||_2 * err[N]");
+       "(np.argmax(x[K] @ w[N,K].T), rows evaluated exactly); q[N,K] int8 * qs[N] screens w (err[N,3]: head_screen)");
 
     py::class_<PyEngine>(m, "Engine", py::module_local())
         .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
@@ -241,7 +241,7 @@ PYBIND11_MODULE(_cpu, m) {
             pe.keep.push_back(sa.qs_keep);
             pe.keep.push_back(sa.err_keep);
         }, py::arg("q"), py::arg("qs"), py::arg("err"),
-           "greedy decoding's screening copy of the LM head: q[n_vocab, n_embd] int8, qs and err float32 [n_vocab]");
+           "greedy decoding's screening copy of the LM head: q[n_vocab, n_embd] int8, qs [n_vocab], err [n_vocab, 3]");
 
     py::class_<PySession>(m, "Session", py::module_local())
         .def(py::init([](PyEngine& e) { return PySession{std::make_shared<Session>(e.engine), e.engine}; }),

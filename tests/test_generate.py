@@ -156,3 +156,20 @@ def test_greedy_screen_can_be_turned_off(tiny_dir, monkeypatch):
     monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "yes")
     with pytest.raises(tinygpt.InvalidArgumentError, match="auto, 0 or 1"):
         tinygpt.load(tiny_dir, backend="cpu")
+
+
+def test_greedy_with_a_screen_that_does_not_prune(tiny_dir):
+    """A screen whose bounds keep every row: the kernel reads the whole head, the session then skips the screen
+    for a while and tries it again; every step's token is still np.argmax of the logits."""
+    pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
+    from tinygpt.weights import head_screen
+    m = tinygpt.load(tiny_dir, backend="cpu")
+    q, qs, err = head_screen(m.checkpoint.tensors["wte.weight"], "float32")
+    m.backend.engine.set_head_screen(q, qs, err * np.float32(1e6))
+    m.backend._screened = True
+    a, b = m.backend.new_session(), m.backend.new_session()
+    ta, tb = a.forward_argmax(np.arange(3, dtype=np.int32)), int(np.argmax(b.forward(np.arange(3, dtype=np.int32))))
+    for _ in range(40):
+        assert ta == tb and a.head_rows_exact == m.config.n_vocab
+        ta = a.forward_argmax(np.array([ta], np.int32))
+        tb = int(np.argmax(b.forward(np.array([tb], np.int32))[-1]))

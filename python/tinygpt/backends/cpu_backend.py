@@ -3,7 +3,8 @@ zero-copy from the checkpoint's arrays (memory-mapped for converted files).
 
 Greedy decoding (forward_argmax) screens the LM head with an int8 copy of it (weights.head_screen: a quarter of a
 float32 head's bytes, built on the first greedy step) and evaluates exactly only the rows that could still be the
-argmax, so each step reads about 3/4 less of the head and picks the same token. By default only float32 heads are
+argmax, so each step reads about 3/4 less of the head and picks the same token (a session whose screen stops
+pruning skips it for a while: csrc/executor.cpp). By default only float32 heads are
 screened: for a 16-bit head the copy would be half the head's size, +15% of the model's memory for ~15% less
 traffic per step. TINYGPT_GREEDY_SCREEN (or screen_head=): auto (default) | 1 (16-bit heads too) | 0 (off)."""
 from __future__ import annotations

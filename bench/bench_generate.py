@@ -55,7 +55,7 @@ def bench_generate(benchmark, model_dir, backend, dtype, size):
 def bench_prefill_long(benchmark, model_dir, backend, dtype, T):
     m = load(model_dir, "124M", backend, dtype)
     ids = np.random.default_rng(1).integers(0, 50000, T).astype(np.int32)
-    run_pedantic(benchmark, lambda: m.backend.new_session().forward(ids))
+    run_pedantic(benchmark, lambda: m.backend.new_sequence().forward(ids))
     benchmark.extra_info.update(backend=backend, dtype=dtype, T=T,
                                 prefill_tok_s=round(T / benchmark.stats.stats.median, 1))
 

@@ -1,12 +1,12 @@
 // Binding helpers shared by tinygpt._cpu and tinygpt._cuda: shape/dtype checks with expected-vs-got messages.
-// Weight dtypes: plan.h's DType codes (bfloat16 carried as uint16; int8 with float32 row scales).
+// Weight dtypes: forward.h DType codes (bfloat16 carried as uint16; int8 with float32 row scales).
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <string>
 
-#include "plan.h"
+#include "forward.h"
 
 namespace tgbind {
 namespace py = pybind11;
@@ -34,25 +34,25 @@ inline void expect_shape(const py::array& a, std::initializer_list<py::ssize_t> 
 }
 
 inline int dtype_code(const std::string& name) {
-    if (name == "float32") return tgplan::F32;
-    if (name == "float16") return tgplan::F16;
-    if (name == "bfloat16") return tgplan::BF16;
-    if (name == "int8") return tgplan::I8;
+    if (name == "float32") return tg::F32;
+    if (name == "float16") return tg::F16;
+    if (name == "bfloat16") return tg::BF16;
+    if (name == "int8") return tg::I8;
     throw std::invalid_argument("unknown weight dtype '" + name + "' (float32, float16, bfloat16 or int8)");
 }
 
 // A weight matrix/vector: float32, float16, or bfloat16 carried as uint16; must be C-contiguous.
 inline const void* weight_ptr(const py::array& a, int code, const std::string& name) {
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(name + ": must be C-contiguous");
-    const bool ok = (code == tgplan::F32 && py::isinstance<py::array_t<float>>(a)) ||
-                    (code == tgplan::F16 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
-                    (code == tgplan::BF16 && a.dtype().kind() == 'u' && a.itemsize() == 2) ||
-                    (code == tgplan::I8 && a.dtype().kind() == 'i' && a.itemsize() == 1);
+    const bool ok = (code == tg::F32 && py::isinstance<py::array_t<float>>(a)) ||
+                    (code == tg::F16 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
+                    (code == tg::BF16 && a.dtype().kind() == 'u' && a.itemsize() == 2) ||
+                    (code == tg::I8 && a.dtype().kind() == 'i' && a.itemsize() == 1);
     if (!ok)
         throw std::invalid_argument(name + ": dtype " + std::string(py::str(a.dtype())) + " does not match weight dtype "
-                                    + (code == tgplan::F32    ? "float32"
-                                       : code == tgplan::F16  ? "float16"
-                                       : code == tgplan::BF16 ? "bfloat16 (as uint16)"
+                                    + (code == tg::F32    ? "float32"
+                                       : code == tg::F16  ? "float16"
+                                       : code == tg::BF16 ? "bfloat16 (as uint16)"
                                                               : "int8"));
     return a.data();
 }
@@ -117,19 +117,46 @@ inline EmbedDims check_embedding(const py::array& out, const IArrIn& tokens, con
     return {T, C, V};
 }
 
-// Session.forward for both backends: logits [T or 1, n_vocab] allocated here, the forward run without the GIL.
-template <typename Session>
-FArrOut run_forward(Session& session, int n_vocab, const IArrIn& tokens, bool all_logits) {
-    if (tokens.ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
-    const int T = (int)tokens.size();
-    FArrOut logits({(py::ssize_t)(all_logits ? T : 1), (py::ssize_t)n_vocab});
-    float* lp = logits.mutable_data();
-    const int32_t* tp = tokens.data();
-    {
-        py::gil_scoped_release nogil;
-        session.forward(tp, T, lp, all_logits);
-    }
-    return logits;
+// An optional float32 array used as is (no conversion, so nothing is copied behind the caller's back): null for
+// None; else must be float32, C-contiguous and of `n` elements.
+inline const float* exact_f32(const py::object& o, py::ssize_t n, const std::string& name) {
+    if (o.is_none()) return nullptr;
+    if (!py::isinstance<py::array_t<float>>(o)) throw std::invalid_argument(name + ": must be a float32 numpy array");
+    py::array a = py::reinterpret_borrow<py::array>(o);
+    if (!(a.flags() & py::array::c_style) || a.size() != n)
+        throw std::invalid_argument(name + ": must be C-contiguous with " + std::to_string(n) + " values, got " +
+                                    shape_str(a));
+    return (const float*)a.data();
+}
+
+// Weights from {name: (array, dtype name, int8 row scales or None)} in the schema of forward.h (built by
+// python/tinygpt/backends/native.py). The arrays are borrowed, not copied: `keep` holds them for the engine.
+inline tg::Weights read_weights(const py::dict& named, const tg::Config& c, bool tied_head, std::vector<py::object>& keep,
+                                bool allow_int8) {
+    tg::Weights w;
+    tg::for_each_weight(w, c, tied_head, [&](const std::string& name, tg::WeightRef& r) {
+        if (!named.contains(name)) throw std::invalid_argument("Engine: missing weight " + name);
+        py::tuple t = named[py::str(name)].cast<py::tuple>();
+        if (t.size() != 3) throw std::invalid_argument("Engine: " + name + ": expected (array, dtype, scales)");
+        py::array a = t[0].cast<py::array>();
+        const int code = dtype_code(t[1].cast<std::string>());
+        if (code == tg::I8 && !allow_int8) throw std::invalid_argument("Engine: int8 weights are not supported here");
+        if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: " + name + " must be 1-D or 2-D");
+        r.ptr = weight_ptr(a, code, name);
+        r.dtype = code;
+        r.rows = a.shape(0);
+        r.cols = a.ndim() == 2 ? a.shape(1) : 1;
+        if (code == tg::I8) {
+            if (t[2].is_none()) throw std::invalid_argument("Engine: " + name + ": int8 weights need row scales");
+            r.scale = exact_f32(t[2], a.shape(0), name + " scales");
+        } else if (!t[2].is_none()) {
+            throw std::invalid_argument("Engine: " + name + ": scales are only for int8 weights");
+        }
+        keep.push_back(a);
+        keep.push_back(t[2]);
+    });
+    if (tied_head) w.head = w.wte;
+    return w;
 }
 
 // Validates the Engine constructor's config dict fields both backends read.

@@ -7,13 +7,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "plan.h"
+#include "forward.h"
 
 namespace tg {
-
-using tgplan::DType, tgplan::F32, tgplan::F16, tgplan::BF16, tgplan::I8;
-
-enum MatmulFlags : int { GELU = 1, ACCUM = 2 };
 
 #define TG_CHECK(cond, msg)                                    \
     do {                                                       \

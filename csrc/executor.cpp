@@ -1,172 +1,181 @@
-// Plan executor for the CPU backend (baseline flags; calls kernels through the dispatched table).
+// CPU executor: gpt2_forward (forward.h) instantiated with the dispatched kernel table. Compiled with baseline
+// flags only; every kernel call goes through the per-ISA table.
 #include "executor.h"
 
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <string>
+#include <unordered_set>
 
 namespace tg {
 
 void FreeDeleter::operator()(float* p) const { std::free(p); }
 
-static FloatBuf zeros(size_t n) {
+static FloatBuf alloc_floats(size_t n, bool zero) {
     // calloc: the pages of a large cache are not touched (not in RSS) until a position is written
-    float* p = (float*)std::calloc(n ? n : 1, sizeof(float));
+    float* p = (float*)(zero ? std::calloc(n ? n : 1, sizeof(float)) : std::malloc((n ? n : 1) * sizeof(float)));
     if (!p) throw std::bad_alloc();
     return FloatBuf(p);
 }
 
-Engine::Engine(const Config& c, std::vector<PlanRow> p, std::vector<WeightRef> w)
-    : cfg(c), plan(std::move(p)), weights(std::move(w)) {
-    TG_CHECK(c.n_embd % c.n_head == 0, "n_embd must be divisible by n_head");
-    const int C = c.n_embd;
-    const int widths[N_BUF] = {C, C, 3 * C, C, c.d_ff, c.n_vocab};
-    for (int i = 0; i < N_BUF; i++) width[i] = widths[i];
-    const int64_t nw = (int64_t)weights.size();
-    for (int64_t i = 0; i < nw; i++)
-        TG_CHECK(weights[i].ptr && (weights[i].dtype != I8 || weights[i].scale),
-                 "weight " << i << ": missing data" << (weights[i].dtype == I8 ? " or int8 row scales" : ""));
-    auto wref = [&](int64_t id, const char* what, size_t row) -> const WeightRef& {
-        TG_CHECK(id >= 0 && id < nw, "plan row " << row << ": " << what << " id " << id << " out of range");
-        return weights[id];
-    };
-    auto buf_ok = [&](int64_t b, size_t row) {
-        TG_CHECK(b >= 0 && b < N_BUF, "plan row " << row << ": buffer id " << b << " out of range");
-    };
-    for (size_t r = 0; r < plan.size(); r++) {
-        const PlanRow& op = plan[r];
-        const int64_t o = op[1], in = op[2], wi = op[3], bi = op[4], fl = op[5], layer = op[6];
-        switch (op[0]) {
-            case OP_EMBED: {
-                buf_ok(o, r);
-                const WeightRef &wte = wref(wi, "wte", r), &wpe = wref(bi, "wpe", r);
-                TG_CHECK(wte.rows == c.n_vocab && wte.cols == C, "wte: expected [" << c.n_vocab << ", " << C << "], got ["
-                                                                      << wte.rows << ", " << wte.cols << "]");
-                TG_CHECK(wpe.rows == c.n_ctx && wpe.cols == C && wpe.dtype == F32,
-                         "wpe: expected float32 [" << c.n_ctx << ", " << C << "], got [" << wpe.rows << ", " << wpe.cols << "]");
-                break;
-            }
-            case OP_LAYERNORM: {
-                buf_ok(o, r), buf_ok(in, r);
-                for (int64_t id : {wi, bi}) {
-                    const WeightRef& v = wref(id, "layernorm param", r);
-                    TG_CHECK(v.rows == width[in] && v.cols == 1 && v.dtype == F32,
-                             "plan row " << r << ": layernorm param expected float32 [" << width[in] << "], got [" << v.rows
-                                         << "]");
-                }
-                break;
-            }
-            case OP_LINEAR: {
-                buf_ok(o, r), buf_ok(in, r);
-                const WeightRef& W = wref(wi, "matrix", r);
-                TG_CHECK(W.rows == width[o] && W.cols == width[in],
-                         "plan row " << r << ": matrix expected [" << width[o] << ", " << width[in] << "], got [" << W.rows
-                                     << ", " << W.cols << "]");
-                if (bi >= 0) {
-                    const WeightRef& b = wref(bi, "bias", r);
-                    TG_CHECK(b.rows == width[o] && b.cols == 1 && b.dtype == F32,
-                             "plan row " << r << ": bias expected float32 [" << width[o] << "], got [" << b.rows << "]");
-                }
-                TG_CHECK(!((fl & PF_GELU) && (fl & PF_ACCUM)), "plan row " << r << ": GELU with ACCUM is not supported");
-                TG_CHECK(o != in, "plan row " << r << ": matmul in place is not supported");
-                if (o == BUF_LOGITS) head_row = (int64_t)r;
-                break;
-            }
-            case OP_ATTENTION:
-                buf_ok(o, r), buf_ok(in, r);
-                TG_CHECK(layer >= 0 && layer < c.n_layer, "plan row " << r << ": layer " << layer << " out of range");
-                TG_CHECK(width[in] == 3 * C && width[o] == C, "plan row " << r << ": attention needs QKV in, C-wide out");
-                break;
-            default:
-                TG_CHECK(false, "plan row " << r << ": unknown op " << op[0]);
-        }
-    }
+Engine::Engine(const Config& c, Weights weights) : cfg(c), w(std::move(weights)) {
+    TG_CHECK(c.n_vocab > 0 && c.n_ctx > 0 && c.n_embd > 0 && c.n_head > 0 && c.n_layer > 0 && c.d_ff > 0,
+             "Engine: every config size must be positive");
+    TG_CHECK(c.n_embd % c.n_head == 0, "Engine: n_embd must be divisible by n_head");
+    TG_CHECK((int)w.layers.size() == c.n_layer, "Engine: expected " << c.n_layer << " layers, got " << w.layers.size());
+    check_weight_shapes(w, c, [](const WeightRef& r, int64_t rows, int64_t cols, bool matrix, const char* name) {
+        TG_CHECK(r.ptr, name << ": missing");
+        TG_CHECK(r.rows == rows && r.cols == cols,
+                 name << ": expected [" << rows << ", " << cols << "], got [" << r.rows << ", " << r.cols << "]");
+        TG_CHECK(matrix || r.dtype == F32, name << ": must be float32");
+        TG_CHECK(r.dtype != I8 || r.scale, name << ": int8 weights need row scales");
+    });
+    TG_CHECK(w.wte.dtype != I8 || w.wte.scale, "wte: int8 needs row scales");
 }
 
 void Engine::set_head_screen(HeadScreen s) {
     TG_CHECK(!screen_owner_, "set_head_screen: the head screen is already set");
-    TG_CHECK(head_row >= 0, "set_head_screen: the plan has no LM head");
     TG_CHECK(s.q && s.qs && s.err, "set_head_screen: q, qs and err are all needed");
-    TG_CHECK(weights[plan[head_row][3]].dtype != I8, "set_head_screen: an int8 head has nothing to screen");
+    TG_CHECK(w.head.dtype != I8, "set_head_screen: an int8 head has nothing to screen");
     screen_owner_ = std::make_unique<HeadScreen>(s);
     screen_.store(screen_owner_.get(), std::memory_order_release);
 }
 
-Session::Session(std::shared_ptr<const Engine> e) : e_(std::move(e)) {
+Sequence::Sequence(std::shared_ptr<const Engine> e) : e_(std::move(e)) {
     const Config& c = e_->cfg;
     const size_t cache = (size_t)c.n_layer * c.n_ctx * c.n_embd;  // per layer [H, n_ctx, hd]
-    kc_ = zeros(cache);
-    vc_ = zeros(cache);
-    for (int b = 0; b < BUF_LOGITS; b++) bufs_[b] = zeros((size_t)c.n_ctx * e_->width[b]);
-    head_scratch_ = zeros(c.n_vocab);
+    kc_ = alloc_floats(cache, true);
+    vc_ = alloc_floats(cache, true);
 }
 
-void Session::forward(const int32_t* tokens, int T, float* logits, bool all_logits) {
-    run(tokens, T, logits, all_logits, nullptr, nullptr);
-}
-
-int Session::forward_argmax(const int32_t* tokens, int T, int* n_exact) {
-    const int64_t h = e_->head_row;
-    TG_CHECK(h >= 0 && e_->plan[h][4] < 0 && !(e_->plan[h][5] & (PF_GELU | PF_ACCUM)),
-             "forward_argmax: the plan has no plain (bias-free, no epilogue) LM head");
-    int best = -1;
-    run(tokens, T, head_scratch_.get(), false, &best, n_exact);
-    return best;
-}
-
-void Session::run(const int32_t* tokens, int T, float* logits, bool all_logits, int* head_argmax, int* n_exact) {
-    const Engine& e = *e_;
-    const Config& c = e.cfg;
-    TG_CHECK(T >= 1, "forward: no tokens");
-    TG_CHECK(pos_ + T <= c.n_ctx, "forward: " << pos_ << " cached + " << T << " new tokens exceed the context of "
-                                               << c.n_ctx);
-    for (int t = 0; t < T; t++)
-        TG_CHECK(tokens[t] >= 0 && tokens[t] < c.n_vocab,
-                 "forward: token id " << tokens[t] << " outside 0.." << c.n_vocab - 1);
-    const KernelTable& k = kernels();
+void Sequence::copy_from(const Sequence& o) {
+    TG_CHECK(o.e_.get() == e_.get(), "fork: sequences of different engines");
+    const Config& c = e_->cfg;
     const int hd = c.n_embd / c.n_head;
-    const size_t layer_cache = (size_t)c.n_ctx * c.n_embd;
-    auto buf = [&](int64_t id) -> float* { return id == BUF_LOGITS ? logits : bufs_[id].get(); };
-    for (const PlanRow& op : e.plan) {
-        const int o = (int)op[1], in = (int)op[2], fl = (int)op[5];
-        const bool last = (fl & PF_LAST) && !all_logits;
-        const int r0 = last ? T - 1 : 0, M = T - r0;
-        // the logits buffer holds only the rows this call returns
-        auto row = [&](int id, int r) { return buf(id) + (int64_t)(id == BUF_LOGITS ? 0 : r) * e.width[id]; };
-        switch (op[0]) {
-            case OP_EMBED:
-                k.embedding(buf(o), tokens, e.weights[op[3]].ptr, e.weights[op[3]].scale,
-                            (const float*)e.weights[op[4]].ptr, T, c.n_embd, pos_, e.weights[op[3]].dtype);
-                break;
-            case OP_LAYERNORM:
-                k.layernorm(row(o, r0), row(in, r0), (const float*)e.weights[op[3]].ptr,
-                            (const float*)e.weights[op[4]].ptr, M, e.width[in], c.eps);
-                break;
-            case OP_LINEAR: {
-                const WeightRef& W = e.weights[op[3]];
-                if (head_argmax && o == BUF_LOGITS) {  // the last row's argmax, screened when a screen is set
-                    const Engine::HeadScreen* sc = e.head_screen();
-                    if (sc && screen_rest_ > 0) screen_rest_--, sc = nullptr;
-                    *head_argmax = k.matmul_argmax(head_scratch_.get(), row(in, T - 1), W.ptr, W.scale,
-                                                   sc ? sc->q : nullptr, sc ? sc->qs : nullptr, sc ? sc->err : nullptr,
-                                                   (int)W.rows, (int)W.cols, W.dtype, n_exact);
-                    // a screen that kept over a quarter of the rows cost its own bytes on top of the whole head's:
-                    // read the head directly for the next 15 steps, then try again (caps the loss at ~0.5%)
-                    if (sc && *n_exact == W.rows) screen_rest_ = 15;
-                    break;
-                }
-                const float* b = op[4] >= 0 ? (const float*)e.weights[op[4]].ptr : nullptr;
-                k.matmul(row(o, r0), row(in, r0), W.ptr, W.scale, b, M, (int)W.rows, (int)W.cols, W.dtype,
-                         ((fl & PF_GELU) ? GELU : 0) | ((fl & PF_ACCUM) ? ACCUM : 0));
-                break;
-            }
-            case OP_ATTENTION:
-                k.attention(buf(o), buf(in), kc_.get() + op[6] * layer_cache, vc_.get() + op[6] * layer_cache, T, pos_,
-                            c.n_head, hd, c.n_ctx);
-                break;
+    const size_t block = (size_t)c.n_ctx * hd, n = (size_t)o.pos * hd;
+    for (size_t b = 0; b < (size_t)c.n_layer * c.n_head; b++) {
+        std::memcpy(kc_.get() + b * block, o.kc_.get() + b * block, n * sizeof(float));
+        std::memcpy(vc_.get() + b * block, o.vc_.get() + b * block, n * sizeof(float));
+    }
+    pos = o.pos;
+    screen_rest = 0;
+}
+
+namespace {
+
+struct CpuOps {
+    const Engine& e;
+    const Config& c;
+    const KernelTable& k;
+    const BatchItem* items;
+    std::vector<int> row0;                       // first row of each item
+    std::vector<int> logit_src, argmax_src;      // rows whose logits / argmax are wanted
+    std::vector<int> argmax_item;                // the item of each argmax row
+    FloatBuf act;
+    float* bufs[N_BUF];
+    float* logits;
+    int32_t *argmax, *n_exact;
+
+    float* buf(Buf b) { return bufs[b]; }
+
+    void embedding(float* x, int s) {
+        const BatchItem& it = items[s];
+        k.embedding(x + (int64_t)row0[s] * c.n_embd, it.tokens, e.w.wte.ptr, e.w.wte.scale, e.w.wpe.f32(), it.n,
+                    c.n_embd, it.seq->pos, e.w.wte.dtype);
+    }
+    void layernorm(float* out, const float* in, const WeightRef& w, const WeightRef& b, int M) {
+        k.layernorm(out, in, w.f32(), b.f32(), M, c.n_embd, c.eps);
+    }
+    void matmul(float* out, const float* in, const WeightRef& W, const WeightRef* b, int M, int flags) {
+        k.matmul(out, in, W.ptr, W.scale, b ? b->f32() : nullptr, M, (int)W.rows, (int)W.cols, W.dtype, flags);
+    }
+    void attention(float* out, const float* qkv, int layer, int s) {
+        const BatchItem& it = items[s];
+        const int C = c.n_embd, hd = C / c.n_head;
+        const size_t layer_cache = (size_t)c.n_ctx * C;
+        k.attention(out + (int64_t)row0[s] * C, qkv + (int64_t)row0[s] * 3 * C, it.seq->k_cache() + layer * layer_cache,
+                    it.seq->v_cache() + layer * layer_cache, it.n, it.seq->pos, c.n_head, hd, c.n_ctx);
+    }
+    int gather_outputs(float* dst, const float* x) {
+        const int C = c.n_embd;
+        int o = 0;
+        for (const std::vector<int>* src : {&logit_src, &argmax_src})
+            for (int r : *src) std::memcpy(dst + (int64_t)(o++) * C, x + (int64_t)r * C, C * sizeof(float));
+        return o;
+    }
+    void head(const float* h, int n_out) {
+        const WeightRef& W = e.w.head;
+        const int C = c.n_embd, V = c.n_vocab, nl = (int)logit_src.size(), na = (int)argmax_src.size();
+        if (nl) matmul(logits, h, W, nullptr, nl, 0);
+        if (na == 0) return;
+        FloatBuf scratch = alloc_floats((size_t)na * V, false);
+        const float* ha = h + (int64_t)nl * C;
+        if (na == 1) {  // one greedy row: the screen reads an int8 copy of the head and only the rows that can win
+            Sequence& seq = *items[argmax_item[0]].seq;
+            const Engine::HeadScreen* sc = e.head_screen();
+            if (sc && seq.screen_rest > 0) seq.screen_rest--, sc = nullptr;
+            int ne = 0;
+            argmax[argmax_item[0]] = k.matmul_argmax(scratch.get(), ha, W.ptr, W.scale, sc ? sc->q : nullptr,
+                                                     sc ? sc->qs : nullptr, sc ? sc->err : nullptr, V, C, W.dtype, &ne);
+            n_exact[argmax_item[0]] = ne;
+            if (sc) seq.screened_steps++;
+            // a screen that kept over a quarter of the rows cost its own bytes on top of the whole head's: read the
+            // head directly for the next 15 steps, then try again (caps the loss at ~0.5%)
+            if (sc && ne == V) seq.screen_rest = 15;
+            return;
+        }
+        // several greedy rows: one GEMM reads the head once for all of them (a screen pass per row would read more)
+        matmul(scratch.get(), ha, W, nullptr, na, 0);
+        for (int i = 0; i < na; i++) {
+            argmax[argmax_item[i]] = first_argmax(scratch.get() + (int64_t)i * V, V);
+            n_exact[argmax_item[i]] = V;
         }
     }
-    pos_ += T;
+};
+
+}  // namespace
+
+void forward(const Engine& e, const BatchItem* items, int n_items, float* logits, int32_t* argmax, int32_t* n_exact) {
+    const Config& c = e.cfg;
+    TG_CHECK(n_items >= 1, "forward: no sequences");
+    std::unordered_set<const Sequence*> seen;
+    int64_t rows = 0;
+    for (int i = 0; i < n_items; i++) {
+        const BatchItem& it = items[i];
+        TG_CHECK(it.seq && &it.seq->engine() == &e, "forward: item " << i << " is not a sequence of this engine");
+        TG_CHECK(seen.insert(it.seq).second, "forward: a sequence appears twice in one batch");
+        TG_CHECK(it.n >= 1, "forward: item " << i << " has no tokens");
+        TG_CHECK(it.want >= WANT_NONE && it.want <= WANT_ARGMAX, "forward: bad want code " << it.want);
+        TG_CHECK(it.seq->pos + it.n <= c.n_ctx, "forward: " << it.seq->pos << " cached + " << it.n
+                                                            << " new tokens exceed the context of " << c.n_ctx);
+        for (int t = 0; t < it.n; t++)
+            TG_CHECK(it.tokens[t] >= 0 && it.tokens[t] < c.n_vocab,
+                     "forward: token id " << it.tokens[t] << " outside 0.." << c.n_vocab - 1);
+        rows += it.n;
+    }
+    TG_CHECK(rows <= (int64_t)1 << 24, "forward: " << rows << " rows in one batch is too many");
+    CpuOps ops{e, c, kernels(), items, {}, {}, {}, {}, nullptr, {}, logits, argmax, n_exact};
+    int r = 0;
+    for (int i = 0; i < n_items; i++) {
+        const BatchItem& it = items[i];
+        ops.row0.push_back(r);
+        if (it.want == WANT_ALL)
+            for (int t = 0; t < it.n; t++) ops.logit_src.push_back(r + t);
+        else if (it.want == WANT_LAST)
+            ops.logit_src.push_back(r + it.n - 1);
+        else if (it.want == WANT_ARGMAX)
+            ops.argmax_src.push_back(r + it.n - 1), ops.argmax_item.push_back(i);
+        r += it.n;
+    }
+    int64_t total = 0;
+    for (int b = 0; b < N_BUF; b++) total += buf_width(c, b) * rows;
+    ops.act = alloc_floats((size_t)total, false);
+    float* p = ops.act.get();
+    for (int b = 0; b < N_BUF; b++) ops.bufs[b] = p, p += buf_width(c, b) * rows;
+    gpt2_forward(ops, c, e.w, (int)rows, n_items);
+    for (int i = 0; i < n_items; i++) items[i].seq->pos += items[i].n;
 }
 
 }  // namespace tg

@@ -1,28 +1,23 @@
-// Runs a tinygpt plan (python/tinygpt/plan.py) natively: an Engine holds the weights (borrowed pointers)
-// and the plan; a Session owns one KV cache and the activation buffers and appends tokens at its position.
+// The CPU backend's engine: an Engine holds the weights (borrowed pointers) and the greedy head screen; a
+// Sequence owns one KV cache and a position; forward() runs the GPT-2 forward (csrc/forward.h) over a batch of
+// sequences in one call.
 #pragma once
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "common.h"
-#include "plan.h"
+#include "forward.h"
 
 namespace tg {
 
-using namespace tgplan;
-
 struct Engine {
     Config cfg;
-    std::vector<PlanRow> plan;
-    std::vector<WeightRef> weights;
-    int width[N_BUF];
-    int64_t head_row = -1;  // the plan row of the LM head
-    Engine(const Config& c, std::vector<PlanRow> p, std::vector<WeightRef> w);  // validates everything
-    // Greedy decoding's screening copy of the LM head (matmul_argmax's q, qs, err), borrowed like the weights.
-    // Set at most once, possibly while sessions run (they read it atomically); null: greedy reads the whole head.
+    Weights w;
+    Engine(const Config& c, Weights weights);  // validates every shape and dtype
+    // Greedy decoding's screening copy of the LM head (head_argmax's q, qs, err), borrowed like the weights.
+    // Set at most once, possibly while forwards run (they read it atomically); null: greedy reads the whole head.
     struct HeadScreen {
         const int8_t* q;   // [n_vocab, n_embd]
         const float* qs;   // [n_vocab]
@@ -41,24 +36,32 @@ struct FreeDeleter {
 };
 using FloatBuf = std::unique_ptr<float, FreeDeleter>;
 
-class Session {
+class Sequence {
   public:
-    explicit Session(std::shared_ptr<const Engine> e);
-    // Append T tokens at pos(); writes logits[T or 1, n_vocab] (all rows, or only the last).
-    void forward(const int32_t* tokens, int T, float* logits, bool all_logits);
-    // Append T tokens; returns np.argmax of the last position's logits without materialising them all
-    // (Engine::head_screen() screens the head); *n_exact: head rows evaluated exactly.
-    int forward_argmax(const int32_t* tokens, int T, int* n_exact);
-    int pos() const { return pos_; }
-    void reset() { pos_ = 0; }
+    explicit Sequence(std::shared_ptr<const Engine> e);
+    int pos = 0;                 // tokens in the cache
+    int screen_rest = 0;         // greedy steps left that skip a head screen which did not prune last time
+    int64_t screened_steps = 0;  // greedy steps whose head went through the screen
+    float* k_cache() { return kc_.get(); }  // [n_layer, H, n_ctx, hd]
+    float* v_cache() { return vc_.get(); }
+    void copy_from(const Sequence& other);  // fork: this becomes other's prefix (positions [0, other.pos))
+    const Engine& engine() const { return *e_; }
 
   private:
     std::shared_ptr<const Engine> e_;
-    FloatBuf kc_, vc_, bufs_[BUF_LOGITS], head_scratch_;
-    int pos_ = 0;
-    int screen_rest_ = 0;  // greedy steps left that skip a head screen which did not prune last time
-    // runs the plan; head_argmax null: the head writes logits, else its argmax goes there
-    void run(const int32_t* tokens, int T, float* logits, bool all_logits, int* head_argmax, int* n_exact);
+    FloatBuf kc_, vc_;
 };
+
+struct BatchItem {
+    Sequence* seq;
+    const int32_t* tokens;  // [n], appended at seq->pos
+    int n;
+    int want;
+};
+
+// One forward over every item's tokens. logits: [logit_rows, n_vocab], the items' rows in item order.
+// argmax[i] / n_exact[i]: for WANT_ARGMAX items, np.argmax of the last row's logits and the head rows evaluated
+// exactly (the screened head; see head_argmax.cpp). Every position advances by its n.
+void forward(const Engine& e, const BatchItem* items, int n_items, float* logits, int32_t* argmax, int32_t* n_exact);
 
 }  // namespace tg

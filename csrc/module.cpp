@@ -67,12 +67,12 @@ static const KernelTable& table_for(const std::string& isa) {
 
 struct PyEngine {
     std::shared_ptr<Engine> engine;
-    std::vector<py::array> keep;  // the arrays whose memory the engine borrows
+    std::vector<py::object> keep;  // the arrays whose memory the engine borrows
 };
 
-struct PySession {
-    std::shared_ptr<Session> s;
-    std::shared_ptr<Engine> e;
+struct PySequence {
+    std::shared_ptr<Sequence> s;
+    std::shared_ptr<PyEngine> e;
 };
 
 PYBIND11_MODULE(_cpu, m) {
@@ -126,7 +126,7 @@ PYBIND11_MODULE(_cpu, m) {
         const float* sp = scale_ptr(wscale, code, N, keep, "matmul wscale");
         py::gil_scoped_release nogil;
         k.matmul(op, ip, wp, sp, bp, (int)M, (int)N, (int)K, code, flags);
-    }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b") = py::none(), py::arg("flags") = 0,
+    }, py::arg("out").noconvert(), py::arg("inp"), py::arg("w"), py::arg("b") = py::none(), py::arg("flags") = 0,
        py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none(),
        "out[M,N] (+)= act(inp[M,K] @ (w[N,K] * wscale[N,None]).T + b[N]); flags: 1 = GELU, 2 = accumulate");
 
@@ -136,7 +136,7 @@ PYBIND11_MODULE(_cpu, m) {
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
         k.layernorm(op, inp.data(), w.data(), b.data(), (int)M, (int)C, eps);
-    }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b"), py::arg("eps") = 1e-5f, py::arg("isa") = "");
+    }, py::arg("out").noconvert(), py::arg("inp"), py::arg("w"), py::arg("b"), py::arg("eps") = 1e-5f, py::arg("isa") = "");
 
     m.def("attention", [](FArrOut out, FArrIn qkv, FArrOut k_cache, FArrOut v_cache, int pos0, int n_head,
                           const std::string& isa) {
@@ -145,7 +145,7 @@ PYBIND11_MODULE(_cpu, m) {
         float *op = out.mutable_data(), *kp = k_cache.mutable_data(), *vp = v_cache.mutable_data();
         py::gil_scoped_release nogil;
         k.attention(op, qkv.data(), kp, vp, (int)T, pos0, n_head, (int)hd, (int)n_ctx);
-    }, py::arg("out"), py::arg("qkv"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("n_head"),
+    }, py::arg("out").noconvert(), py::arg("qkv"), py::arg("k_cache").noconvert(), py::arg("v_cache").noconvert(), py::arg("pos0"), py::arg("n_head"),
        py::arg("isa") = "");
 
     m.def("gelu", [](FArrOut out, FArrIn inp, const std::string& isa) {
@@ -154,7 +154,7 @@ PYBIND11_MODULE(_cpu, m) {
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
         k.gelu(op, inp.data(), (int64_t)inp.size());
-    }, py::arg("out"), py::arg("inp"), py::arg("isa") = "");
+    }, py::arg("out").noconvert(), py::arg("inp"), py::arg("isa") = "");
 
     m.def("embedding", [](FArrOut out, IArrIn tokens,
                           py::array wte, FArrIn wpe, int pos0, const std::string& wdtype, const std::string& isa,
@@ -169,7 +169,7 @@ PYBIND11_MODULE(_cpu, m) {
         const float* sp = scale_ptr(wscale, code, V, keep, "embedding wscale");
         py::gil_scoped_release nogil;
         k.embedding(op, tp, wp, sp, wpe.data(), (int)T, (int)C, pos0, code);
-    }, py::arg("out"), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
+    }, py::arg("out").noconvert(), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
        py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none());
 
     m.def("matmul_argmax", [](FArrIn x, py::array w, py::object q, py::object qs, py::object err,
@@ -203,63 +203,62 @@ PYBIND11_MODULE(_cpu, m) {
        py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none(),
        "(np.argmax(x[K] @ w[N,K].T), rows evaluated exactly); q[N,K] int8 * qs[N] screens w (err[N,3]: head_screen)");
 
-    py::class_<PyEngine>(m, "Engine", py::module_local())
-        .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
-                         std::vector<py::array> weights, std::vector<std::string> dtypes, std::vector<py::object> scales) {
-                 if (weights.size() != dtypes.size() || weights.size() != scales.size())
-                     throw std::invalid_argument("Engine: weights/dtypes/scales lengths differ");
-                 if (plan.ndim() != 2 || plan.shape(1) != 8) throw std::invalid_argument("Engine: plan must be [n_ops, 8]");
+    py::class_<PyEngine, std::shared_ptr<PyEngine>>(m, "Engine", py::module_local())
+        .def(py::init([](py::dict cfg, py::dict weights, bool tied_head) {
                  const Config c = read_config<Config>(cfg);
-                 std::vector<PlanRow> rows(plan.shape(0));
-                 for (py::ssize_t r = 0; r < plan.shape(0); r++)
-                     for (int j = 0; j < 8; j++) rows[r][j] = plan.at(r, j);
-                 std::vector<WeightRef> refs;
-                 auto pe = std::make_unique<PyEngine>();
-                 for (size_t i = 0; i < weights.size(); i++) {
-                     py::array& a = weights[i];
-                     const int code = dtype_code(dtypes[i]);
-                     if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: weights must be 1-D or 2-D");
-                     const std::string name = "weight " + std::to_string(i);
-                     FArrIn sc;
-                     const float* sp = scale_ptr(scales[i], code, a.shape(0), sc, (name + " scale").c_str());
-                     refs.push_back({weight_ptr(a, code, name), code, sp, (int64_t)a.shape(0),
-                                     a.ndim() == 2 ? (int64_t)a.shape(1) : 1});
-                     pe->keep.push_back(a);
-                     if (sp) pe->keep.push_back(sc);
-                 }
-                 pe->engine = std::make_shared<Engine>(c, std::move(rows), std::move(refs));
+                 auto pe = std::make_shared<PyEngine>();
+                 Weights w = read_weights(weights, c, tied_head, pe->keep, true);
+                 pe->engine = std::make_shared<Engine>(c, std::move(w));
                  return pe;
              }),
-             py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"), py::arg("scales"))
+             py::arg("config"), py::arg("weights"), py::arg("tied_head"),
+             "weights: {name: (array, dtype, int8 row scales or None)}, borrowed (not copied)")
         .def("set_head_screen", [](PyEngine& pe, py::object q, py::object qs, py::object err) {
-            const Engine& e = *pe.engine;
-            TG_CHECK(e.head_row >= 0, "set_head_screen: the plan has no LM head");
-            const WeightRef& W = e.weights[e.plan[e.head_row][3]];
+            const WeightRef& W = pe.engine->w.head;
             ScreenArrays sa = screen_arrays(q, qs, err, W.rows, W.cols, W.dtype);
             pe.engine->set_head_screen({sa.q, sa.qs, sa.err});
-            pe.keep.push_back(py::reinterpret_borrow<py::array>(q));
+            pe.keep.push_back(q);
             pe.keep.push_back(sa.qs_keep);
             pe.keep.push_back(sa.err_keep);
         }, py::arg("q"), py::arg("qs"), py::arg("err"),
            "greedy decoding's screening copy of the LM head: q[n_vocab, n_embd] int8, qs [n_vocab], err [n_vocab, 3]");
 
-    py::class_<PySession>(m, "Session", py::module_local())
-        .def(py::init([](PyEngine& e) { return PySession{std::make_shared<Session>(e.engine), e.engine}; }),
-             py::arg("engine"), py::keep_alive<1, 2>())
-        .def_property_readonly("pos", [](const PySession& s) { return s.s->pos(); })
-        .def("reset", [](PySession& s) { s.s->reset(); })
-        .def("forward", [](PySession& s, IArrIn tokens, bool all_logits) {
-            return run_forward(*s.s, s.e->cfg.n_vocab, tokens, all_logits);
-        }, py::arg("tokens"), py::arg("all_logits") = false)
-        .def("forward_argmax", [](PySession& s, IArrIn tokens) {
-            if (tokens.ndim() != 1) throw std::invalid_argument("forward_argmax: tokens must be 1-D");
-            const int T = (int)tokens.size();
-            const int32_t* tp = tokens.data();
-            int n_exact = 0, best;
-            {
-                py::gil_scoped_release nogil;
-                best = s.s->forward_argmax(tp, T, &n_exact);
-            }
-            return py::make_tuple(best, n_exact);
-        }, py::arg("tokens"), "append tokens; (np.argmax of the last position's logits, head rows evaluated exactly)");
+    py::class_<PySequence>(m, "Sequence", py::module_local())
+        .def(py::init([](std::shared_ptr<PyEngine> e) { return PySequence{std::make_shared<Sequence>(e->engine), e}; }),
+             py::arg("engine"))
+        .def_property_readonly("pos", [](const PySequence& s) { return s.s->pos; })
+        .def_property_readonly("screened_steps", [](const PySequence& s) { return s.s->screened_steps; })
+        .def("reset", [](PySequence& s) { s.s->pos = 0, s.s->screen_rest = 0; })
+        .def("fork", [](const PySequence& s) {
+            PySequence c{std::make_shared<Sequence>(s.e->engine), s.e};
+            c.s->copy_from(*s.s);
+            return c;
+        }, "a new sequence holding a copy of this one's cache (its prefix)");
+
+    m.def("forward", [](PyEngine& pe, std::vector<PySequence*> seqs, std::vector<IArrIn> tokens, std::vector<int> want) {
+        const size_t n = seqs.size();
+        if (tokens.size() != n || want.size() != n)
+            throw std::invalid_argument("forward: seqs, tokens and want must have the same length");
+        std::vector<BatchItem> items(n);
+        for (size_t i = 0; i < n; i++) {
+            if (!seqs[i]) throw std::invalid_argument("forward: None is not a sequence");
+            if (tokens[i].ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
+            if (seqs[i]->e.get() != &pe) throw std::invalid_argument("forward: a sequence of another engine");
+            items[i] = {seqs[i]->s.get(), tokens[i].data(), (int)tokens[i].size(), want[i]};
+        }
+        const Engine& e = *pe.engine;
+        FArrOut logits({(py::ssize_t)logit_rows(items.data(), (int)n), (py::ssize_t)e.cfg.n_vocab});
+        py::array_t<int32_t> best((py::ssize_t)n), n_exact((py::ssize_t)n);
+        int32_t *bp = best.mutable_data(), *np_ = n_exact.mutable_data();
+        for (size_t i = 0; i < n; i++) bp[i] = -1, np_[i] = 0;
+        float* lp = logits.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            forward(e, items.data(), (int)n, lp, bp, np_);
+        }
+        return py::make_tuple(logits, best, n_exact);
+    }, py::arg("engine"), py::arg("seqs"), py::arg("tokens"), py::arg("want"),
+       "one forward over a batch: seqs[i] appends tokens[i]; want[i]: 0 none, 1 last row's logits, 2 all rows', "
+       "3 argmax of the last row. Returns (logits [rows wanted, n_vocab] in item order, argmax [n], head rows "
+       "evaluated exactly [n])");
 }

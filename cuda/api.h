@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "../csrc/plan.h"
+#include "../csrc/forward.h"
 
 namespace tgc {
 
-using tgplan::DType, tgplan::F32, tgplan::F16, tgplan::BF16;  // int8 is cpu-only
+using tg::DType, tg::F32, tg::F16, tg::BF16;  // int8 is cpu-only
 
 int device_count(std::string* why);  // 0 and a reason when there is no usable device / driver
 std::string device_name(int dev);
@@ -26,30 +26,40 @@ void gelu_host(float* h_out, const float* h_inp, int64_t n);
 void embedding_host(float* h_out, const int32_t* h_tokens, const void* h_wte, const float* h_wpe, int T, int C, int V,
                     int n_ctx, int pos0, int wdtype);
 
-using tgplan::Config;
-using tgplan::PlanRow;
-using HostWeight = tgplan::WeightRef;  // scale unused: int8 is cpu-only
+using tg::Config;
+using tg::WeightRef;
 
 struct EngineImpl;
-struct SessionImpl;
+struct SequenceImpl;
 
 class Engine {
   public:
-    Engine(const Config& c, const std::vector<PlanRow>& plan, const std::vector<HostWeight>& weights);  // uploads once
+    Engine(const Config& c, const tg::Weights& host);  // uploads every weight once (host pointers in `host`)
     ~Engine();
     std::shared_ptr<EngineImpl> impl;
 };
 
-class Session {
+// One KV cache on the device and its position.
+class Sequence {
   public:
-    explicit Session(const Engine& e);  // allocates the KV cache and activations on the device
-    ~Session();
-    void forward(const int32_t* h_tokens, int T, float* h_logits, bool all_logits);
+    explicit Sequence(const Engine& e);
+    ~Sequence();
     int pos() const;
     void reset();
-
-  private:
-    std::unique_ptr<SessionImpl> impl_;
+    void copy_from(const Sequence& other);  // fork: this becomes other's prefix
+    std::unique_ptr<SequenceImpl> impl;
 };
+
+struct BatchItem {
+    Sequence* seq;
+    const int32_t* h_tokens;  // [n], appended at seq->pos()
+    int n;
+    int want;  // tg::Want
+};
+
+// One forward over every item's tokens (csrc/forward.h). h_logits: [tg::logit_rows, n_vocab] host floats;
+// h_argmax / h_n_exact: per WANT_ARGMAX item (no head screen on CUDA: n_exact = n_vocab).
+void forward(const Engine& e, const BatchItem* items, int n_items, float* h_logits, int32_t* h_argmax,
+             int32_t* h_n_exact);
 
 }  // namespace tgc

@@ -41,7 +41,8 @@ __device__ __forceinline__ float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
-enum Flags : int { GELU = 1, ACCUM = 2 };
+using tg::ACCUM;  // matmul epilogue flags: csrc/forward.h
+using tg::GELU;
 
 // Launchers (stream-ordered, no sync). Shapes as in csrc/common.h.
 void launch_matmul(float* out, const float* inp, const void* w, const float* b, int M, int N, int K, int wdtype,

@@ -1,14 +1,16 @@
-// CUDA plan executor and host-side entry points. Weights are uploaded once per Engine; a Session owns its
-// KV cache, activations and stream; single-token decode steps are captured once as a CUDA graph (kernels read
-// the position from device memory) and replayed, with one small host->device copy (token, position) and one
-// device->host copy (last-position logits) per step.
+// CUDA executor: gpt2_forward (csrc/forward.h) instantiated with the CUDA launchers, and the host-side entry
+// points. Weights are uploaded once per Engine, which also owns the stream and the activation scratch of batched
+// forwards (one forward at a time per engine). A Sequence owns its KV cache; a single sequence's one-token step
+// is captured once as a CUDA graph over buffers that sequence owns (kernels read the position from device
+// memory) and replayed, with one small host->device copy (token, position) and one device->host copy (logits).
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "common.cuh"
 
 namespace tgc {
 
-using namespace tgplan;
 
 int device_count(std::string* why) {
     int n = 0;
@@ -95,158 +97,264 @@ void embedding_host(float* h_out, const int32_t* h_tokens, const void* h_wte, co
     download(h_out, out, (size_t)T * C * 4);
 }
 
-// ---- engine and sessions --------------------------------------------------------------------------------
+// ---- engine and sequences ------------------------------------------------------------------------------
 struct EngineImpl {
     Config cfg;
-    std::vector<PlanRow> plan;
-    std::vector<DeviceBuffer> w;
-    std::vector<HostWeight> meta;  // dtype and shape (ptr unused after upload)
-    int width[N_BUF];
+    std::vector<DeviceBuffer> store;  // the uploaded weights
+    tg::Weights w;                    // the same, as device pointers
+    std::mutex mu;                    // one forward at a time: they share the stream and the scratch below
+    cudaStream_t stream = nullptr;
+    DeviceBuffer act, logits, tokens, pos, attn_scratch;
+    int64_t act_rows = 0, logit_rows_cap = 0, token_cap = 0, pos_cap = 0;
+
+    ~EngineImpl() {
+        if (stream) cudaStreamDestroy(stream);
+    }
 };
 
-Engine::Engine(const Config& c, const std::vector<PlanRow>& plan, const std::vector<HostWeight>& weights)
-    : impl(std::make_shared<EngineImpl>()) {
-    int dev_n = device_count(nullptr);
-    if (dev_n <= 0) throw std::runtime_error("no CUDA device available");
-    impl->cfg = c;
-    impl->plan = plan;
-    impl->meta = weights;
-    const int C = c.n_embd, widths[N_BUF] = {C, C, 3 * C, C, c.d_ff, c.n_vocab};
-    std::memcpy(impl->width, widths, sizeof widths);
-    for (const HostWeight& hw : weights) {
-        const size_t bytes = (size_t)hw.rows * hw.cols * dtype_size(hw.dtype);
-        impl->w.push_back(upload((const char*)hw.ptr, bytes));
+Engine::Engine(const Config& c, const tg::Weights& host) : impl(std::make_shared<EngineImpl>()) {
+    if (device_count(nullptr) <= 0) throw std::runtime_error("no CUDA device available");
+    EngineImpl& E = *impl;
+    E.cfg = c;
+    auto up = [&](const WeightRef& h) {
+        if (h.dtype == tg::I8) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
+        E.store.push_back(upload((const char*)h.ptr, (size_t)h.rows * h.cols * dtype_size(h.dtype)));
+        WeightRef d = h;
+        d.ptr = E.store.back().p;
+        return d;
+    };
+    E.w.wte = up(host.wte), E.w.wpe = up(host.wpe);
+    for (const tg::LayerWeights& L : host.layers) {
+        tg::LayerWeights d;
+        d.ln_1_w = up(L.ln_1_w), d.ln_1_b = up(L.ln_1_b), d.attn_w = up(L.attn_w), d.attn_b = up(L.attn_b);
+        d.attn_proj_w = up(L.attn_proj_w), d.attn_proj_b = up(L.attn_proj_b);
+        d.ln_2_w = up(L.ln_2_w), d.ln_2_b = up(L.ln_2_b), d.fc_w = up(L.fc_w), d.fc_b = up(L.fc_b);
+        d.mlp_proj_w = up(L.mlp_proj_w), d.mlp_proj_b = up(L.mlp_proj_b);
+        E.w.layers.push_back(d);
     }
+    E.w.ln_f_w = up(host.ln_f_w), E.w.ln_f_b = up(host.ln_f_b);
+    E.w.head = host.head.ptr == host.wte.ptr ? E.w.wte : up(host.head);
+    TGC_CHECK(cudaStreamCreateWithFlags(&E.stream, cudaStreamNonBlocking));
+    E.attn_scratch = DeviceBuffer(attention_scratch_floats(c.n_head, c.n_embd / c.n_head, c.n_ctx) * 4);
 }
 Engine::~Engine() = default;
 
-struct SessionImpl {
-    std::shared_ptr<EngineImpl> e;
-    DeviceBuffer kc, vc, bufs[BUF_LOGITS], logits, tokens, pos, scratch;
-    size_t logits_rows = 0;
-    int* h_io = nullptr;        // pinned: token, pos
-    float* h_logits = nullptr;  // pinned: one row of logits
-    cudaStream_t stream = nullptr;
-    cudaGraphExec_t graph = nullptr;
-    int pos_ = 0;
+// Buffers of one forward: activations [rows, buf_width] each, the head's output rows, tokens and positions.
+struct Scratch {
+    float* bufs[tg::N_BUF];
+    float* logits;
+    int32_t* tokens;
+    int* pos;  // [n_seq]
+};
 
-    ~SessionImpl() {
+static int64_t act_floats(const Config& c, int64_t rows) {
+    int64_t n = 0;
+    for (int b = 0; b < tg::N_BUF; b++) n += tg::buf_width(c, b) * rows;
+    return n;
+}
+static void carve(Scratch& s, const Config& c, float* act, int64_t rows) {
+    for (int b = 0; b < tg::N_BUF; b++) s.bufs[b] = act, act += tg::buf_width(c, b) * rows;
+}
+
+struct SequenceImpl {
+    std::shared_ptr<EngineImpl> e;
+    DeviceBuffer kc, vc;  // [n_layer, H, n_ctx, hd]
+    int pos_ = 0;
+    // the one-token step's own buffers, so its captured graph never goes stale
+    DeviceBuffer step_act, step_logits, step_io;  // io: token, pos
+    int* h_io = nullptr;                          // pinned: token, pos
+    float* h_logits = nullptr;                    // pinned: one row of logits
+    cudaGraphExec_t graph = nullptr;
+
+    ~SequenceImpl() {
         if (graph) cudaGraphExecDestroy(graph);
-        if (stream) cudaStreamDestroy(stream);
         if (h_io) cudaFreeHost(h_io);
         if (h_logits) cudaFreeHost(h_logits);
     }
-
-    void run_plan(int T, bool all_logits) {
-        const EngineImpl& E = *e;
-        const Config& c = E.cfg;
-        const int hd = c.n_embd / c.n_head;
-        const size_t layer_cache = (size_t)c.n_ctx * c.n_embd;
-        auto buf = [&](int64_t id) -> float* { return id == BUF_LOGITS ? logits.as<float>() : bufs[id].as<float>(); };
-        for (const PlanRow& op : E.plan) {
-            const int o = (int)op[1], in = (int)op[2], fl = (int)op[5];
-            const bool last = (fl & PF_LAST) && !all_logits;
-            const int r0 = last ? T - 1 : 0, M = T - r0;
-            auto row = [&](int id, int r) { return buf(id) + (int64_t)(id == BUF_LOGITS ? 0 : r) * E.width[id]; };
-            switch (op[0]) {
-                case OP_EMBED:
-                    launch_embedding(buf(o), tokens.as<int32_t>(), E.w[op[3]].p, E.w[op[4]].as<float>(), T, c.n_embd,
-                                     pos.as<int>(), E.meta[op[3]].dtype, stream);
-                    break;
-                case OP_LAYERNORM:
-                    launch_layernorm(row(o, r0), row(in, r0), E.w[op[3]].as<float>(), E.w[op[4]].as<float>(), M,
-                                     E.width[in], c.eps, stream);
-                    break;
-                case OP_LINEAR: {
-                    const HostWeight& W = E.meta[op[3]];
-                    launch_matmul(row(o, r0), row(in, r0), E.w[op[3]].p, op[4] >= 0 ? E.w[op[4]].as<float>() : nullptr,
-                                  M, (int)W.rows, (int)W.cols, W.dtype,
-                                  ((fl & PF_GELU) ? GELU : 0) | ((fl & PF_ACCUM) ? ACCUM : 0), stream);
-                    break;
-                }
-                case OP_ATTENTION:
-                    launch_attention(buf(o), buf(in), kc.as<float>() + op[6] * layer_cache,
-                                     vc.as<float>() + op[6] * layer_cache, T, pos.as<int>(), c.n_head, hd, c.n_ctx,
-                                     scratch.as<float>(), stream);
-                    break;
-                default:
-                    throw std::invalid_argument("unknown plan op " + std::to_string(op[0]));
-            }
-        }
-    }
 };
 
-Session::Session(const Engine& eng) : impl_(std::make_unique<SessionImpl>()) {
-    SessionImpl& s = *impl_;
+Sequence::Sequence(const Engine& eng) : impl(std::make_unique<SequenceImpl>()) {
+    SequenceImpl& s = *impl;
     s.e = eng.impl;
     const Config& c = s.e->cfg;
     const size_t cache = (size_t)c.n_layer * c.n_ctx * c.n_embd * 4;
     s.kc = DeviceBuffer(cache);
     s.vc = DeviceBuffer(cache);
-    for (int b = 0; b < BUF_LOGITS; b++) s.bufs[b] = DeviceBuffer((size_t)c.n_ctx * s.e->width[b] * 4);
-    s.logits = DeviceBuffer((size_t)c.n_vocab * 4);
-    s.logits_rows = 1;
-    s.tokens = DeviceBuffer((size_t)c.n_ctx * 4);
-    s.pos = DeviceBuffer(sizeof(int));
-    s.scratch = DeviceBuffer(attention_scratch_floats(c.n_head, c.n_embd / c.n_head, c.n_ctx) * 4);
-    TGC_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
-    TGC_CHECK(cudaMallocHost((void**)&s.h_io, 2 * sizeof(int)));
-    TGC_CHECK(cudaMallocHost((void**)&s.h_logits, (size_t)c.n_vocab * 4));
 }
-Session::~Session() = default;
+Sequence::~Sequence() = default;
+int Sequence::pos() const { return impl->pos_; }
+void Sequence::reset() { impl->pos_ = 0; }
 
-int Session::pos() const { return impl_->pos_; }
-void Session::reset() { impl_->pos_ = 0; }
-
-void Session::forward(const int32_t* h_tokens, int T, float* h_logits, bool all_logits) {
-    SessionImpl& s = *impl_;
+void Sequence::copy_from(const Sequence& o) {
+    SequenceImpl &s = *impl, &src = *o.impl;
+    if (s.e != src.e) throw std::invalid_argument("fork: sequences of different engines");
     const Config& c = s.e->cfg;
-    if (T < 1 || s.pos_ + T > c.n_ctx)
-        throw std::invalid_argument("forward: " + std::to_string(s.pos_) + " cached + " + std::to_string(T) +
-                                    " new tokens exceed the context of " + std::to_string(c.n_ctx));
-    for (int t = 0; t < T; t++)
-        if (h_tokens[t] < 0 || h_tokens[t] >= c.n_vocab)
-            throw std::invalid_argument("forward: token id " + std::to_string(h_tokens[t]) + " out of range");
-    const size_t rows = all_logits ? T : 1, V = c.n_vocab;
-    if (T == 1 && !all_logits) {
-        s.h_io[0] = h_tokens[0];
-        s.h_io[1] = s.pos_;
-        TGC_CHECK(cudaMemcpyAsync(s.tokens.p, &s.h_io[0], sizeof(int), cudaMemcpyHostToDevice, s.stream));
-        TGC_CHECK(cudaMemcpyAsync(s.pos.p, &s.h_io[1], sizeof(int), cudaMemcpyHostToDevice, s.stream));
+    const size_t hd = c.n_embd / c.n_head, block = (size_t)c.n_ctx * hd * 4, n = (size_t)src.pos_ * hd * 4;
+    if (n) {
+        TGC_CHECK(cudaMemcpy2D(s.kc.p, block, src.kc.p, block, n, (size_t)c.n_layer * c.n_head, cudaMemcpyDeviceToDevice));
+        TGC_CHECK(cudaMemcpy2D(s.vc.p, block, src.vc.p, block, n, (size_t)c.n_layer * c.n_head, cudaMemcpyDeviceToDevice));
+    }
+    s.pos_ = src.pos_;
+}
+
+namespace {
+
+struct CudaOps {
+    const Config& c;
+    const tg::Weights& w;
+    const BatchItem* items;
+    int n_items;
+    const std::vector<int>& row0;
+    Scratch s;
+    float* attn_scratch;
+    cudaStream_t st;
+    std::vector<std::pair<int, int>> out_ranges;  // (first row, rows) copied to the head, logits first then argmax
+
+    float* buf(tg::Buf b) { return s.bufs[b]; }
+    void embedding(float* x, int i) {
+        launch_embedding(x + (int64_t)row0[i] * c.n_embd, s.tokens + row0[i], w.wte.ptr, w.wpe.f32(), items[i].n,
+                         c.n_embd, s.pos + i, w.wte.dtype, st);
+    }
+    void layernorm(float* out, const float* in, const WeightRef& g, const WeightRef& b, int M) {
+        launch_layernorm(out, in, g.f32(), b.f32(), M, c.n_embd, c.eps, st);
+    }
+    void matmul(float* out, const float* in, const WeightRef& W, const WeightRef* b, int M, int flags) {
+        launch_matmul(out, in, W.ptr, b ? b->f32() : nullptr, M, (int)W.rows, (int)W.cols, W.dtype, flags, st);
+    }
+    void attention(float* out, const float* qkv, int layer, int i) {
+        SequenceImpl& q = *items[i].seq->impl;
+        const int C = c.n_embd;
+        const size_t layer_cache = (size_t)c.n_ctx * C;
+        launch_attention(out + (int64_t)row0[i] * C, qkv + (int64_t)row0[i] * 3 * C, q.kc.as<float>() + layer * layer_cache,
+                         q.vc.as<float>() + layer * layer_cache, items[i].n, s.pos + i, c.n_head, C / c.n_head, c.n_ctx,
+                         attn_scratch, st);
+    }
+    int gather_outputs(float* dst, const float* x) {
+        const size_t C = c.n_embd;
+        int o = 0;
+        for (auto [r, n] : out_ranges) {
+            TGC_CHECK(cudaMemcpyAsync(dst + o * C, x + (size_t)r * C, (size_t)n * C * 4, cudaMemcpyDeviceToDevice, st));
+            o += n;
+        }
+        return o;
+    }
+    void head(const float* h, int n_out) { matmul(s.logits, h, w.head, nullptr, n_out, 0); }
+};
+
+// The rows each item returns, logits rows first (item order) then argmax rows.
+std::vector<std::pair<int, int>> output_ranges(const BatchItem* items, int n, const std::vector<int>& row0) {
+    std::vector<std::pair<int, int>> out;
+    for (int i = 0; i < n; i++) {
+        if (items[i].want == tg::WANT_ALL) out.push_back({row0[i], items[i].n});
+        if (items[i].want == tg::WANT_LAST) out.push_back({row0[i] + items[i].n - 1, 1});
+    }
+    for (int i = 0; i < n; i++)
+        if (items[i].want == tg::WANT_ARGMAX) out.push_back({row0[i] + items[i].n - 1, 1});
+    return out;
+}
+
+void grow(DeviceBuffer& b, int64_t& cap, int64_t need, size_t elem) {
+    if (need > cap) b = DeviceBuffer((size_t)need * elem), cap = need;
+}
+
+}  // namespace
+
+void forward(const Engine& eng, const BatchItem* items, int n_items, float* h_logits, int32_t* h_argmax,
+             int32_t* h_n_exact) {
+    EngineImpl& E = *eng.impl;
+    const Config& c = E.cfg;
+    if (n_items < 1) throw std::invalid_argument("forward: no sequences");
+    int64_t rows = 0;
+    for (int i = 0; i < n_items; i++) {
+        const BatchItem& it = items[i];
+        if (!it.seq || it.seq->impl->e != eng.impl) throw std::invalid_argument("forward: not a sequence of this engine");
+        for (int j = 0; j < i; j++)
+            if (items[j].seq == it.seq) throw std::invalid_argument("forward: a sequence appears twice in one batch");
+        if (it.n < 1 || it.seq->impl->pos_ + it.n > c.n_ctx)
+            throw std::invalid_argument("forward: " + std::to_string(it.seq->impl->pos_) + " cached + " +
+                                        std::to_string(it.n) + " new tokens exceed the context of " + std::to_string(c.n_ctx));
+        for (int t = 0; t < it.n; t++)
+            if (it.h_tokens[t] < 0 || it.h_tokens[t] >= c.n_vocab)
+                throw std::invalid_argument("forward: token id " + std::to_string(it.h_tokens[t]) + " out of range");
+        rows += it.n;
+    }
+    const int64_t V = c.n_vocab;
+    std::lock_guard<std::mutex> lock(E.mu);
+    std::vector<int> row0(n_items);
+    for (int i = 0, r = 0; i < n_items; i++) row0[i] = r, r += items[i].n;
+    const bool step = n_items == 1 && items[0].n == 1 && (items[0].want == tg::WANT_LAST || items[0].want == tg::WANT_ARGMAX);
+    if (step) {  // one token of one sequence: replay its captured graph
+        SequenceImpl& s = *items[0].seq->impl;
         if (!s.graph) {
+            s.step_act = DeviceBuffer((size_t)act_floats(c, 1) * 4);
+            s.step_logits = DeviceBuffer((size_t)V * 4);
+            s.step_io = DeviceBuffer(2 * sizeof(int));
+            TGC_CHECK(cudaMallocHost((void**)&s.h_io, 2 * sizeof(int)));
+            TGC_CHECK(cudaMallocHost((void**)&s.h_logits, (size_t)V * 4));
+            BatchItem one = items[0];
+            one.want = tg::WANT_LAST;
+            const std::vector<int> r0{0};
+            CudaOps ops{c, E.w, &one, 1, r0, {}, E.attn_scratch.as<float>(), E.stream, {{0, 1}}};
+            carve(ops.s, c, s.step_act.as<float>(), 1);
+            ops.s.logits = s.step_logits.as<float>(), ops.s.tokens = s.step_io.as<int32_t>();
+            ops.s.pos = s.step_io.as<int>() + 1;
             cudaGraph_t g;
-            TGC_CHECK(cudaStreamBeginCapture(s.stream, cudaStreamCaptureModeThreadLocal));
+            TGC_CHECK(cudaStreamBeginCapture(E.stream, cudaStreamCaptureModeThreadLocal));
             try {
-                s.run_plan(1, false);
+                tg::gpt2_forward(ops, c, E.w, 1, 1);
             } catch (...) {
-                cudaStreamEndCapture(s.stream, &g);
+                cudaStreamEndCapture(E.stream, &g);
                 throw;
             }
-            TGC_CHECK(cudaStreamEndCapture(s.stream, &g));
+            TGC_CHECK(cudaStreamEndCapture(E.stream, &g));
             TGC_CHECK(cudaGraphInstantiate(&s.graph, g, 0));
             cudaGraphDestroy(g);
         }
-        TGC_CHECK(cudaGraphLaunch(s.graph, s.stream));
-        TGC_CHECK(cudaMemcpyAsync(s.h_logits, s.logits.p, V * 4, cudaMemcpyDeviceToHost, s.stream));
-        TGC_CHECK(cudaStreamSynchronize(s.stream));
-        std::memcpy(h_logits, s.h_logits, V * 4);
-    } else {
-        if (rows > s.logits_rows) {
-            s.logits = DeviceBuffer(rows * V * 4);
-            s.logits_rows = rows;
-            if (s.graph) {  // the graph captured the old logits pointer
-                cudaGraphExecDestroy(s.graph);
-                s.graph = nullptr;
-            }
-        }
+        s.h_io[0] = items[0].h_tokens[0];
         s.h_io[1] = s.pos_;
-        TGC_CHECK(cudaMemcpyAsync(s.tokens.p, h_tokens, (size_t)T * 4, cudaMemcpyHostToDevice, s.stream));
-        TGC_CHECK(cudaMemcpyAsync(s.pos.p, &s.h_io[1], sizeof(int), cudaMemcpyHostToDevice, s.stream));
-        s.run_plan(T, all_logits);
-        TGC_CHECK(cudaMemcpyAsync(h_logits, s.logits.p, rows * V * 4, cudaMemcpyDeviceToHost, s.stream));
-        TGC_CHECK(cudaStreamSynchronize(s.stream));
+        TGC_CHECK(cudaMemcpyAsync(s.step_io.p, s.h_io, 2 * sizeof(int), cudaMemcpyHostToDevice, E.stream));
+        TGC_CHECK(cudaGraphLaunch(s.graph, E.stream));
+        TGC_CHECK(cudaMemcpyAsync(s.h_logits, s.step_logits.p, V * 4, cudaMemcpyDeviceToHost, E.stream));
+        TGC_CHECK(cudaStreamSynchronize(E.stream));
+        if (items[0].want == tg::WANT_LAST) {
+            std::memcpy(h_logits, s.h_logits, V * 4);
+        } else {
+            h_argmax[0] = tg::first_argmax(s.h_logits, (int)V);
+            h_n_exact[0] = (int32_t)V;
+        }
+        s.pos_ += 1;
+        return;
     }
-    s.pos_ += T;
+    CudaOps ops{c, E.w, items, n_items, row0, {}, E.attn_scratch.as<float>(), E.stream, output_ranges(items, n_items, row0)};
+    int64_t n_out = 0;
+    for (auto [r, n] : ops.out_ranges) n_out += n;
+    grow(E.act, E.act_rows, act_floats(c, rows), 4);
+    grow(E.logits, E.logit_rows_cap, n_out * V, 4);
+    grow(E.tokens, E.token_cap, rows, 4);
+    grow(E.pos, E.pos_cap, n_items, 4);
+    carve(ops.s, c, E.act.as<float>(), rows);
+    ops.s.logits = E.logits.as<float>(), ops.s.tokens = E.tokens.as<int32_t>(), ops.s.pos = E.pos.as<int>();
+    std::vector<int32_t> tok((size_t)rows);
+    std::vector<int> pos(n_items);
+    for (int i = 0; i < n_items; i++) {
+        std::memcpy(tok.data() + row0[i], items[i].h_tokens, (size_t)items[i].n * 4);
+        pos[i] = items[i].seq->impl->pos_;
+    }
+    TGC_CHECK(cudaMemcpyAsync(ops.s.tokens, tok.data(), (size_t)rows * 4, cudaMemcpyHostToDevice, E.stream));
+    TGC_CHECK(cudaMemcpyAsync(ops.s.pos, pos.data(), (size_t)n_items * 4, cudaMemcpyHostToDevice, E.stream));
+    tg::gpt2_forward(ops, c, E.w, (int)rows, n_items);
+    const int64_t nl = tg::logit_rows(items, n_items);
+    std::vector<float> arg((size_t)(n_out - nl) * V);
+    if (nl) TGC_CHECK(cudaMemcpyAsync(h_logits, ops.s.logits, (size_t)nl * V * 4, cudaMemcpyDeviceToHost, E.stream));
+    if (n_out > nl)
+        TGC_CHECK(cudaMemcpyAsync(arg.data(), ops.s.logits + nl * V, arg.size() * 4, cudaMemcpyDeviceToHost, E.stream));
+    TGC_CHECK(cudaStreamSynchronize(E.stream));
+    for (int i = 0, a = 0; i < n_items; i++)
+        if (items[i].want == tg::WANT_ARGMAX) {
+            h_argmax[i] = tg::first_argmax(arg.data() + (size_t)(a++) * V, (int)V);
+            h_n_exact[i] = (int32_t)V;
+        }
+    for (int i = 0; i < n_items; i++) items[i].seq->impl->pos_ += items[i].n;
 }
 
 }  // namespace tgc

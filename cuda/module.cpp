@@ -13,7 +13,7 @@ using namespace tgbind;
 // bind_util's dtype codes, less int8 (weight-only int8 is a cpu-backend feature).
 static int cuda_dtype_code(const std::string& name) {
     const int code = dtype_code(name);
-    if (code == tgplan::I8) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
+    if (code == tg::I8) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
     return code;
 }
 
@@ -22,10 +22,9 @@ struct PyEngine {
     tgc::Config cfg;
 };
 
-struct PySession {
-    std::shared_ptr<tgc::Session> s;
-    std::shared_ptr<tgc::Engine> e;
-    tgc::Config cfg;
+struct PySequence {
+    std::shared_ptr<tgc::Sequence> s;
+    std::shared_ptr<PyEngine> e;
 };
 
 PYBIND11_MODULE(_cuda, m) {
@@ -52,7 +51,7 @@ PYBIND11_MODULE(_cuda, m) {
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
         tgc::matmul_host(op, inp.data(), wp, bp, (int)M, (int)N, (int)K, code, flags);
-    }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b") = py::none(), py::arg("flags") = 0,
+    }, py::arg("out").noconvert(), py::arg("inp"), py::arg("w"), py::arg("b") = py::none(), py::arg("flags") = 0,
        py::arg("wdtype") = "float32");
 
     m.def("layernorm", [](FArrOut out, FArrIn inp, FArrIn w, FArrIn b, float eps) {
@@ -60,7 +59,7 @@ PYBIND11_MODULE(_cuda, m) {
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
         tgc::layernorm_host(op, inp.data(), w.data(), b.data(), (int)M, (int)C, eps);
-    }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b"), py::arg("eps") = 1e-5f);
+    }, py::arg("out").noconvert(), py::arg("inp"), py::arg("w"), py::arg("b"), py::arg("eps") = 1e-5f);
 
     m.def("attention", [](FArrOut out, FArrIn qkv, FArrOut k_cache, FArrOut v_cache, int pos0, int n_head) {
         const auto [T, C, hd, n_ctx] = check_attention(out, qkv, k_cache, v_cache, pos0, n_head);
@@ -68,14 +67,14 @@ PYBIND11_MODULE(_cuda, m) {
         float *op = out.mutable_data(), *kp = k_cache.mutable_data(), *vp = v_cache.mutable_data();
         py::gil_scoped_release nogil;
         tgc::attention_host(op, qkv.data(), kp, vp, (int)T, pos0, n_head, (int)hd, (int)n_ctx);
-    }, py::arg("out"), py::arg("qkv"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("n_head"));
+    }, py::arg("out").noconvert(), py::arg("qkv"), py::arg("k_cache").noconvert(), py::arg("v_cache").noconvert(), py::arg("pos0"), py::arg("n_head"));
 
     m.def("gelu", [](FArrOut out, FArrIn inp) {
         if (out.size() != inp.size()) throw std::invalid_argument("gelu: out and inp sizes differ");
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
         tgc::gelu_host(op, inp.data(), (int64_t)inp.size());
-    }, py::arg("out"), py::arg("inp"));
+    }, py::arg("out").noconvert(), py::arg("inp"));
 
     m.def("embedding", [](FArrOut out, IArrIn tokens, py::array wte, FArrIn wpe, int pos0, const std::string& wdtype) {
         const auto [T, C, V] = check_embedding(out, tokens, wte, wpe, pos0);
@@ -86,42 +85,59 @@ PYBIND11_MODULE(_cuda, m) {
         const int n_ctx = (int)wpe.shape(0);
         py::gil_scoped_release nogil;
         tgc::embedding_host(op, tp, wp, wpe.data(), (int)T, (int)C, (int)V, n_ctx, pos0, code);
-    }, py::arg("out"), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
+    }, py::arg("out").noconvert(), py::arg("tokens"), py::arg("wte"), py::arg("wpe"), py::arg("pos0") = 0,
        py::arg("wdtype") = "float32");
 
-    py::class_<PyEngine>(m, "Engine", py::module_local())
-        .def(py::init([](py::dict cfg, py::array_t<int64_t, py::array::c_style | py::array::forcecast> plan,
-                         std::vector<py::array> weights, std::vector<std::string> dtypes) {
-                 if (weights.size() != dtypes.size()) throw std::invalid_argument("Engine: weights/dtypes length differ");
-                 if (plan.ndim() != 2 || plan.shape(1) != 8) throw std::invalid_argument("Engine: plan must be [n_ops, 8]");
+    py::class_<PyEngine, std::shared_ptr<PyEngine>>(m, "Engine", py::module_local())
+        .def(py::init([](py::dict cfg, py::dict weights, bool tied_head) {
                  const tgc::Config c = read_config<tgc::Config>(cfg);
-                 std::vector<tgc::PlanRow> rows(plan.shape(0));
-                 for (py::ssize_t r = 0; r < plan.shape(0); r++)
-                     for (int j = 0; j < 8; j++) rows[r][j] = plan.at(r, j);
-                 std::vector<tgc::HostWeight> hw;
-                 for (size_t i = 0; i < weights.size(); i++) {
-                     py::array& a = weights[i];
-                     const int code = cuda_dtype_code(dtypes[i]);
-                     if (a.ndim() < 1 || a.ndim() > 2) throw std::invalid_argument("Engine: weights must be 1-D or 2-D");
-                     hw.push_back({weight_ptr(a, code, "weight " + std::to_string(i)), code, nullptr,
-                                   (int64_t)a.shape(0), a.ndim() == 2 ? (int64_t)a.shape(1) : 1});
-                 }
-                 auto pe = std::make_unique<PyEngine>();
+                 std::vector<py::object> keep;  // only until the upload is done
+                 tg::Weights w = read_weights(weights, c, tied_head, keep, false);
+                 auto pe = std::make_shared<PyEngine>();
                  pe->cfg = c;
                  py::gil_scoped_release nogil;
-                 pe->engine = std::make_shared<tgc::Engine>(c, rows, hw);
+                 pe->engine = std::make_shared<tgc::Engine>(c, w);
                  return pe;
              }),
-             py::arg("config"), py::arg("plan"), py::arg("weights"), py::arg("dtypes"));
+             py::arg("config"), py::arg("weights"), py::arg("tied_head"),
+             "weights: {name: (array, dtype, None)}, uploaded once");
 
-    py::class_<PySession>(m, "Session", py::module_local())
-        .def(py::init([](PyEngine& e) {
-                 return PySession{std::make_shared<tgc::Session>(*e.engine), e.engine, e.cfg};
+    py::class_<PySequence>(m, "Sequence", py::module_local())
+        .def(py::init([](std::shared_ptr<PyEngine> e) {
+                 return PySequence{std::make_shared<tgc::Sequence>(*e->engine), e};
              }),
-             py::arg("engine"), py::keep_alive<1, 2>())
-        .def_property_readonly("pos", [](const PySession& s) { return s.s->pos(); })
-        .def("reset", [](PySession& s) { s.s->reset(); })
-        .def("forward", [](PySession& s, IArrIn tokens, bool all_logits) {
-            return run_forward(*s.s, s.cfg.n_vocab, tokens, all_logits);
-        }, py::arg("tokens"), py::arg("all_logits") = false);
+             py::arg("engine"))
+        .def_property_readonly("pos", [](const PySequence& s) { return s.s->pos(); })
+        .def_property_readonly("screened_steps", [](const PySequence&) { return 0; })
+        .def("reset", [](PySequence& s) { s.s->reset(); })
+        .def("fork", [](const PySequence& s) {
+            PySequence c{std::make_shared<tgc::Sequence>(*s.e->engine), s.e};
+            c.s->copy_from(*s.s);
+            return c;
+        });
+
+    m.def("forward", [](PyEngine& pe, std::vector<PySequence*> seqs, std::vector<IArrIn> tokens, std::vector<int> want) {
+        const size_t n = seqs.size();
+        if (tokens.size() != n || want.size() != n)
+            throw std::invalid_argument("forward: seqs, tokens and want must have the same length");
+        std::vector<tgc::BatchItem> items(n);
+        for (size_t i = 0; i < n; i++) {
+            if (!seqs[i]) throw std::invalid_argument("forward: None is not a sequence");
+            if (tokens[i].ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
+            if (seqs[i]->e.get() != &pe) throw std::invalid_argument("forward: a sequence of another engine");
+            if (want[i] < tg::WANT_NONE || want[i] > tg::WANT_ARGMAX) throw std::invalid_argument("forward: bad want code");
+            items[i] = {seqs[i]->s.get(), tokens[i].data(), (int)tokens[i].size(), want[i]};
+        }
+        FArrOut logits({(py::ssize_t)tg::logit_rows(items.data(), (int)n), (py::ssize_t)pe.cfg.n_vocab});
+        py::array_t<int32_t> best((py::ssize_t)n), n_exact((py::ssize_t)n);
+        int32_t *bp = best.mutable_data(), *np_ = n_exact.mutable_data();
+        for (size_t i = 0; i < n; i++) bp[i] = -1, np_[i] = 0;
+        float* lp = logits.mutable_data();
+        {
+            py::gil_scoped_release nogil;
+            tgc::forward(*pe.engine, items.data(), (int)n, lp, bp, np_);
+        }
+        return py::make_tuple(logits, best, n_exact);
+    }, py::arg("engine"), py::arg("seqs"), py::arg("tokens"), py::arg("want"),
+       "one forward over a batch (see tinygpt._cpu.forward)");
 }

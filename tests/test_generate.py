@@ -126,7 +126,7 @@ def test_greedy_argmax_steps_equal_logits_steps(backend, tiny_dir, dtype, monkey
     if backend == "cpu":
         monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "1")  # 16-bit heads too (the default screens float32 only)
     m = tinygpt.load(tiny_dir, backend=backend, dtype=dtype)
-    a, b = m.backend.new_session(), m.backend.new_session()
+    a, b = m.backend.new_sequence(), m.backend.new_sequence()
     ids = np.asarray(m.tokenizer.encode("The screen must not change a single token"), np.int32)
     ta, tb = a.forward_argmax(ids), int(np.argmax(b.forward(ids)[-1]))
     toks, rows = [], []
@@ -147,7 +147,7 @@ def test_greedy_screen_can_be_turned_off(tiny_dir, monkeypatch):
     pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
     monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "0")
     m = tinygpt.load(tiny_dir, backend="cpu")
-    s = m.backend.new_session()
+    s = m.backend.new_sequence()
     s.forward_argmax(np.arange(5, dtype=np.int32))
     assert s.head_rows_exact == m.config.n_vocab and not m.backend.screen_head
     monkeypatch.setenv("TINYGPT_GREEDY_SCREEN", "auto")
@@ -159,17 +159,18 @@ def test_greedy_screen_can_be_turned_off(tiny_dir, monkeypatch):
 
 
 def test_greedy_with_a_screen_that_does_not_prune(tiny_dir):
-    """A screen whose bounds keep every row: the kernel reads the whole head, the session then skips the screen
-    for a while and tries it again; every step's token is still np.argmax of the logits."""
+    """A screen whose bounds keep every row: the kernel reads the whole head, the sequence then skips the screen
+    for 15 steps and tries it again; every step's token is still np.argmax of the logits."""
     pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
-    from tinygpt.weights import head_screen
+    from tinygpt.backends import head_screen
     m = tinygpt.load(tiny_dir, backend="cpu")
-    q, qs, err = head_screen(m.checkpoint.tensors["wte.weight"], "float32")
+    q, qs, err = head_screen.build(m.checkpoint.tensors["wte.weight"], "float32")
     m.backend.engine.set_head_screen(q, qs, err * np.float32(1e6))
     m.backend._screened = True
-    a, b = m.backend.new_session(), m.backend.new_session()
+    a, b = m.backend.new_sequence(), m.backend.new_sequence()
     ta, tb = a.forward_argmax(np.arange(3, dtype=np.int32)), int(np.argmax(b.forward(np.arange(3, dtype=np.int32))))
     for _ in range(40):
         assert ta == tb and a.head_rows_exact == m.config.n_vocab
         ta = a.forward_argmax(np.array([ta], np.int32))
         tb = int(np.argmax(b.forward(np.array([tb], np.int32))[-1]))
+    assert a.screened_steps == 3  # steps 1, 17 and 33 of 41 tried the screen: the back-off skipped the others

@@ -72,7 +72,7 @@ def test_cached_equals_uncached(models, backend):
         ctx.append(int(np.argmax(m.logits(ctx)[-1])))
     assert ctx[len(ids):] == r.tokens
     # and the logits of one cached forward equal the full forward's last row
-    s = m.backend.new_session()
+    s = m.backend.new_sequence()
     s.forward(np.array(ids[:-3], np.int32))
     s.forward(np.array(ids[-3:-1], np.int32))
     last = s.forward(np.array(ids[-1:], np.int32))[-1]

@@ -37,8 +37,9 @@ def _add_model_args(p):
     p.add_argument("-m", "--model", default="gpt2",
                    help="hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, org/name) or a local "
                         "path (HF directory, or a tinygpt file/directory from `tinygpt convert`); default gpt2")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"],
-                   help="auto = cuda if a GPU is present, else cpu (C++/OpenMP), else numpy")
+    p.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cuda"],
+                   help="auto = cuda if a GPU is present, else cpu (C++/OpenMP), else numpy; default: "
+                        "TINYGPT_BACKEND, else auto")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "int8"], default=None,
                    help="convert weight matrices at load (default: as stored); int8 is per-row symmetric, cpu "
                         "backend only; numpy computes in float32")

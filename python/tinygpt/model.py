@@ -1,7 +1,8 @@
-"""The embedding API: `tinygpt.load(model) -> Model`; generate / stream / logits on it.
+"""The embedding API: `tinygpt.load(model) -> Model`; generate / stream / logits on it, for one prompt or a batch.
 
-A Model holds read-only weights on one backend; every call opens its own Session (its own KV cache), so
-several threads may use one Model at once.
+A Model holds read-only weights on one backend; every call makes its own sequences (their own KV caches), so
+several threads may use one Model at once. A list of prompts (or n > 1 samples) runs as one batch: one forward per
+step for all sequences, each sequence's text the same as when it runs alone (README: what is bitwise).
 """
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ import numpy as np
 
 from . import backends
 from .errors import ContextOverflowError, InvalidArgumentError
-from .generate import GenerationResult, Stream
-from .plan import build_plan
+from .generate import BatchRun, GenerationResult, Stream
 from .sampling import SamplingOptions
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
 
 
 class Model:
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: str = "auto",
+    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: str | None = None,
                  threads: int | None = None):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -28,9 +28,8 @@ class Model:
         if tokenizer.n_vocab > self.config.n_vocab:
             raise InvalidArgumentError(f"tokenizer has {tokenizer.n_vocab} tokens but the model only "
                                        f"{self.config.n_vocab}: vocabulary files do not match the weights")
-        self.backend_name = backends.resolve(backend)
-        self.plan, self.weight_names = build_plan(self.config)
-        self.backend = backends.create(self.backend_name, checkpoint, self.plan, self.weight_names, threads)
+        self.backend_name = backends.resolve(backend)  # None: $TINYGPT_BACKEND or auto
+        self.backend = backends.create(self.backend_name, checkpoint, threads)
 
     @property
     def dtype(self) -> str:
@@ -54,14 +53,21 @@ class Model:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits for every position, float32 [len(ids), n_vocab]; one full forward, no cache reuse."""
-        return self.backend.new_session().forward(self._check_ids(ids), all_logits=True)
+        return self.backend.new_sequence().forward(self._check_ids(ids), all_logits=True)
 
     # -- generation ----------------------------------------------------------------------------
-    def _prepare(self, prompt: str | Sequence[int], options: dict) -> tuple[list[int], SamplingOptions]:
+    @staticmethod
+    def _options(options: dict) -> tuple[SamplingOptions, int]:
+        options = dict(options)
+        n = options.pop("n", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidArgumentError(f"n must be an integer >= 1, got {n!r}")
         try:
-            opts = SamplingOptions(**options)
+            return SamplingOptions(**options), n
         except TypeError as e:
             raise InvalidArgumentError(str(e)) from None
+
+    def _prompt_ids(self, prompt, opts: SamplingOptions) -> list[int]:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
         else:
@@ -75,31 +81,66 @@ class Model:
             raise ContextOverflowError(
                 f"prompt of {len(ids)} tokens + max_new_tokens={opts.max_new_tokens} exceeds the context length "
                 f"{n_ctx}; shorten the prompt, lower max_new_tokens, or use context_overflow='slide'")
-        return ids, opts
+        return ids
 
-    def stream(self, prompt: str | Sequence[int], **options) -> Stream:
-        """Iterator of text pieces (never a split UTF-8 character); `.result` holds tokens and timings after."""
-        ids, opts = self._prepare(prompt, options)
-        return Stream(self, self.backend.new_session(), ids, opts)
+    @staticmethod
+    def _is_batch(prompt) -> bool:
+        """A list of prompts (strings or id lists), as opposed to one string or one list of token ids."""
+        if isinstance(prompt, (str, np.ndarray)):
+            return False
+        if not isinstance(prompt, (list, tuple)):
+            raise InvalidArgumentError(f"prompt must be a string, token ids or a list of those, got "
+                                       f"{type(prompt).__name__}")
+        return len(prompt) > 0 and not isinstance(prompt[0], (int, np.integer))
 
-    def generate_result(self, prompt: str | Sequence[int], **options) -> GenerationResult:
-        s = self.stream(prompt, **options)
-        for _ in s:
+    def run_batch(self, requests: Sequence[tuple]) -> BatchRun:
+        """Many prompts in one batch, each with its own options: requests = [(prompt, {option: value})]. Iterate
+        the returned BatchRun for Pieces (index, text) as they come; its `.results` hold one GenerationResult per
+        sequence (a request with n = k has k consecutive results)."""
+        reqs = []
+        for prompt, options in requests:
+            opts, n = self._options(options)
+            reqs.append((self._prompt_ids(prompt, opts), opts, opts.seed, n))
+        return BatchRun(self, reqs)
+
+    def stream(self, prompt, **options):
+        """One prompt (n = 1): an iterator of text pieces (never a split UTF-8 character) whose `.result` holds
+        tokens and timings after. A list of prompts or n > 1: a BatchRun of Pieces (index, text)."""
+        opts, n = self._options(options)
+        if not self._is_batch(prompt) and n == 1:
+            return Stream(self, self._prompt_ids(prompt, opts), opts)
+        prompts = prompt if self._is_batch(prompt) else [prompt]
+        return self.run_batch([(p, options) for p in prompts])
+
+    def generate_result(self, prompt, **options):
+        """GenerationResult for one prompt; a list for n > 1 samples; for a list of prompts, one entry per prompt
+        (a GenerationResult, or a list of n)."""
+        _, n = self._options(options)
+        run = self.stream(prompt, **options)
+        for _ in run:
             pass
-        return s.result
+        if isinstance(run, Stream):
+            return run.result
+        res = run.results
+        grouped = [res[i:i + n] for i in range(0, len(res), n)] if n > 1 else res
+        return grouped if self._is_batch(prompt) else grouped[0]
 
-    def generate(self, prompt: str | Sequence[int], **options) -> str:
-        """Generated text only (prompt excluded). Options: max_new_tokens, temperature (0 = greedy), top_k,
-        top_p, repeat_penalty, seed, stop, ignore_eos, context_overflow ('error' | 'slide')."""
-        return self.generate_result(prompt, **options).text
+    def generate(self, prompt, **options):
+        """Generated text only (prompt excluded): a str, a list of n str, or one entry per prompt of a list.
+        Options: max_new_tokens, temperature (0 = greedy), top_k, top_p, repeat_penalty, seed, stop, ignore_eos,
+        context_overflow ('error' | 'slide'), n (samples per prompt, sharing one prefill)."""
+        res = self.generate_result(prompt, **options)
+        text = lambda r: [x.text for x in r] if isinstance(r, list) else r.text  # noqa: E731
+        return [text(r) for r in res] if self._is_batch(prompt) else text(res)
 
 
-def load(model: str | Path, backend: str = "auto", *, dtype: str | None = None, threads: int | None = None,
+def load(model: str | Path, backend: str | None = None, *, dtype: str | None = None, threads: int | None = None,
          offline: bool | None = None, cache_dir: str | Path | None = None, revision: str = "main",
          progress=None) -> Model:
     """Load GPT-2 from a local path (HF directory, tinygpt file/dir) or a hub name (gpt2, org/name).
 
-    dtype converts the matrices at load (float32 | float16 | bfloat16; default: as stored)."""
+    backend: auto | numpy | cpu | cuda (None: $TINYGPT_BACKEND, else auto). dtype converts the matrices at load
+    (float32 | float16 | bfloat16 | int8, or an alias such as bf16; default: as stored)."""
     from .hub import resolve_model
     path = resolve_model(str(model), offline=offline, cache_dir=cache_dir, revision=revision, progress=progress)
     ck = load_checkpoint(path, dtype)

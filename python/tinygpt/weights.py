@@ -16,140 +16,52 @@ from typing import Callable
 
 import numpy as np
 
+from . import dtypes
 from .config import GPT2Config
 from .errors import FormatVersionError, WeightsError
+from .gpt2 import is_matrix, weight_shapes
 from .safetensors_io import SafetensorsFile, write_safetensors
 from .tokenizer import find_vocab_files
 
 FORMAT_NAME = "tinygpt"
 FORMAT_VERSION = "1"
-DTYPES = ("float32", "float16", "bfloat16", "int8")
-_ST_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "I8"}
+DTYPES = dtypes.NAMES
 SCALE = ".scale"  # suffix of an int8 matrix's per-row scales
 _HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-
-
-def expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Every tensor tinygpt needs, in its own [out, in] layout, in plan order."""
-    C, F, V = cfg.n_embd, cfg.d_ff, cfg.n_vocab
-    s: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (cfg.n_ctx, C)}
-    for i in range(cfg.n_layer):
-        p = f"h.{i}."
-        s.update({
-            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
-            p + "attn.c_attn.weight": (3 * C, C), p + "attn.c_attn.bias": (3 * C,),
-            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-            p + "mlp.c_fc.weight": (F, C), p + "mlp.c_fc.bias": (F,),
-            p + "mlp.c_proj.weight": (C, F), p + "mlp.c_proj.bias": (C,),
-        })
-    s.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
-    if not cfg.tie_word_embeddings:
-        s["lm_head.weight"] = (V, C)
-    return s
-
-
-def is_matrix(name: str) -> bool:
-    """Tensors stored in the checkpoint's matrix dtype (the rest are float32)."""
-    return name.endswith(".weight") and (name in ("wte.weight", "lm_head.weight") or
-                                         any(name.endswith(m) for m in _HF_CONV1D))
-
-
-# -- dtype conversion (bfloat16 travels as uint16 bit patterns) ---------------------------------------
-def to_float32(arr: np.ndarray, st_dtype: str) -> np.ndarray:
-    if st_dtype == "F32":
-        return arr
-    if st_dtype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    if st_dtype in ("F16", "F64"):
-        return arr.astype(np.float32)
-    raise WeightsError(f"cannot use a {st_dtype} tensor as floating-point weights")
-
-
-def quantize_int8(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8: q = round(w / s), s = max|row| / 127 (rows of zeros get s = 1)."""
-    a = np.asarray(arr, np.float32)
-    amax = np.abs(a).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
-    return q, scale
-
-
-def head_screen(w: np.ndarray, dtype: str, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy decoding's screening copy of an LM head w [N, K] stored as `dtype` (float32, float16, or bfloat16
-    bits): (q int8 [N, K], qs float32 [N], err float32 [N, 3]) such that for any float32 x, the head's float32 GEMV
-    value of row n and the int8 GEMV value x . q[n] * qs[n] differ by at most
-    min(||x||_2 err[n, 0], ||x||_1 err[n, 1]) + ||x||_2 err[n, 2].
-
-    With e = w[n] - qs[n] q[n] (the quantization error): err[n, 0] = ||e||_2 (Cauchy-Schwarz), err[n, 1] = max|e|
-    (Hoelder; tighter when x has a few large entries), err[n, 2] = g (||w[n]||_2 + qs[n] ||q[n]||_2) for the
-    float32 rounding of both dot products in any summation order, with or without FMA (g = (2K + 8) 2^-24 >=
-    gamma_(2K+8)). Computed in float64, scaled by 1 + 1e-6 and rounded up to float32. Built in row chunks, so the
-    float64 temporaries stay a few MB (the peak-RSS budget has little room)."""
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"no head screen for {dtype} weights")
-    N, K = w.shape
-    q = np.empty((N, K), np.int8)
-    qs = np.empty(N, np.float32)
-    err = np.empty((N, 3), np.float32)
-    g = (2 * K + 8) * 2.0 ** -24
-    for r0 in range(0, N, chunk):
-        wf = to_float32(np.asarray(w[r0:r0 + chunk]), _ST_OF[dtype])
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite weights: err is NaN/inf, the kernel reads
-            qq, ss = quantize_int8(wf)                       # every row (no warning from library code)
-        w64, q64, s64 = wf.astype(np.float64), qq.astype(np.float64), ss.astype(np.float64)
-        d = w64 - q64 * s64[:, None]  # q * s is exact in float64 (8 by 24 bits)
-        with np.errstate(invalid="ignore", over="ignore"):
-            norm = lambda a: np.sqrt(np.einsum("ij,ij->i", a, a))  # noqa: E731
-            e = np.stack([norm(d), np.abs(d).max(axis=1), g * (norm(w64) + s64 * norm(q64))], axis=1) * (1 + 1e-6)
-            e32 = e.astype(np.float32)
-        q[r0:r0 + chunk], qs[r0:r0 + chunk] = qq, ss
-        err[r0:r0 + chunk] = np.where(e32 < e, np.nextafter(e32, np.float32(np.inf)), e32)
-    return q, qs, err
+expected_shapes = weight_shapes  # the schema lives with the model (gpt2.py)
+to_float32, quantize_int8 = dtypes.to_float32, dtypes.quantize_int8
+from .backends.head_screen import build as head_screen  # noqa: E402  (moved; the old name stays importable)
 
 
 def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) * scale[:, None]
+    return dtypes.DTYPES["int8"].widen(q, scale)
 
 
 def encode(arr: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 values as stored in `dtype`: (array, int8 row scales or None)."""
-    return quantize_int8(arr) if dtype == "int8" else (from_float32(arr, dtype), None)
+    return dtypes.get(dtype).to_stored(arr)
 
 
 def from_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "int8":
         raise ValueError("int8 needs scales: use encode or quantize_int8")
-    if dtype == "float32":
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    if dtype == "float16":
-        return np.ascontiguousarray(arr).astype(np.float16)
-    u = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
-    rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
-    nan = np.isnan(arr)
-    out = rounded.astype(np.uint16)
-    if nan.any():
-        out[nan] = 0x7FC0
-    return out
+    return encode(arr, dtype)[0]
 
 
 @dataclass
 class Checkpoint:
     config: GPT2Config
     tensors: dict  # name -> np.ndarray, tinygpt layout
-    dtype: str  # matrix dtype: float32 | float16 | bfloat16
+    dtype: str  # matrix dtype: float32 | float16 | bfloat16 | int8
     source: str  # "tinygpt" | "hf-safetensors" | "hf-bin"
     path: Path
     vocab_dir: Path | None
 
-    def float32(self, name: str) -> np.ndarray:
+    def widened(self, name: str) -> np.ndarray:
+        """The tensor as float32 values (a view when it is stored as float32)."""
         a = self.tensors[name]
-        if not is_matrix(name):
-            return a
-        if self.dtype == "int8":
-            return dequantize_int8(a, self.tensors[name + SCALE])
-        return to_float32(a, _ST_OF[self.dtype])
+        return dtypes.get(self.dtype).widen(a, self.scale_of(name)) if is_matrix(name) else a
 
     def scale_of(self, name: str) -> np.ndarray | None:
         return self.tensors.get(name + SCALE)
@@ -208,7 +120,7 @@ def _build(cfg: GPT2Config, entries: dict[str, _Entry], dtype: str, hf_layout: b
         if st not in ("F32", "F16", "BF16", "F64") and not (st == "I8" and not hf_layout):
             raise WeightsError(f"{where}: tensor {name!r} has non-float dtype {st}")
         target = dtype if is_matrix(name) else "float32"
-        if not transpose and st == _ST_OF[target]:
+        if not transpose and st == dtypes.get(target).st:
             tensors[name] = load(False)  # zero-copy (mmap view when the source is safetensors)
             if st == "I8":
                 tensors[name + SCALE] = _scale_entry(entries, name, shape[0], where)
@@ -235,13 +147,13 @@ def _scale_entry(entries: dict, name: str, rows: int, where: str) -> np.ndarray:
     return load(False)
 
 
-def _check_dtype(dtype: str | None) -> None:
-    if dtype is not None and dtype not in DTYPES:
-        raise WeightsError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+def _check_dtype(dtype: str | None) -> str | None:
+    """The canonical dtype name (aliases such as bf16 accepted), or None."""
+    return None if dtype is None else dtypes.get(dtype).name
 
 
 def load_tinygpt_file(path: Path, dtype: str | None = None) -> Checkpoint:
-    _check_dtype(dtype)
+    dtype = _check_dtype(dtype)
     sf = SafetensorsFile(path)
     md = sf.metadata
     if md.get("format") != FORMAT_NAME:
@@ -265,7 +177,7 @@ def load_tinygpt_file(path: Path, dtype: str | None = None) -> Checkpoint:
 
 
 def load_hf_dir(directory: Path, dtype: str | None = None) -> Checkpoint:
-    _check_dtype(dtype)
+    dtype = _check_dtype(dtype)
     d = Path(directory)
     cfg = GPT2Config.from_hf_file(d / "config.json")
     index = d / "model.safetensors.index.json"
@@ -313,7 +225,7 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
 
     DST ending in .safetensors is the file; otherwise DST is a directory that gets model.safetensors.
     """
-    _check_dtype(dtype)
+    dtype = _check_dtype(dtype)
     dtype = dtype or ck.dtype
     dst = Path(dst)
     if dst.suffix == ".safetensors":
@@ -325,18 +237,18 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
     out = {}
     names = list(expected_shapes(ck.config))
     for i, name in enumerate(names):
-        f32 = ck.float32(name)  # widened once: checked here, converted below when the dtype changes
+        f32 = ck.widened(name)  # widened once: checked here, converted below when the dtype changes
         if not np.isfinite(f32).all():
             raise WeightsError(f"{ck.path}: tensor {name!r} holds NaN or inf values (corrupt checkpoint)")
         if not is_matrix(name):
             out[name] = ("F32", ck.tensors[name])
         elif dtype == ck.dtype:
-            out[name] = (_ST_OF[dtype], ck.tensors[name])
+            out[name] = (dtypes.get(dtype).st, ck.tensors[name])
             if dtype == "int8":
                 out[name + SCALE] = ("F32", ck.tensors[name + SCALE])
         else:
             a, scale = encode(f32, dtype)
-            out[name] = (_ST_OF[dtype], a)
+            out[name] = (dtypes.get(dtype).st, a)
             if scale is not None:
                 out[name + SCALE] = ("F32", scale)
         if progress:

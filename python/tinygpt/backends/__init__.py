@@ -1,7 +1,5 @@
-"""Backend registry: which backends exist here, why the others do not, and `auto` selection.
-
-Every backend takes a Checkpoint and the plan and hands out Sessions; a Session owns one KV cache and
-runs `forward(tokens, all_logits)` appending tokens at its position. Nothing here prints.
+"""Backend registry: which backends exist here, why the others do not, and `auto` selection; and the contract
+every backend keeps (base.py: Backend, Sequence). Nothing here prints.
 """
 from __future__ import annotations
 
@@ -76,14 +74,14 @@ def resolve(name: str | None) -> str:
     return name
 
 
-def create(name: str, checkpoint, plan, weight_names, threads: int | None = None):
+def create(name: str, checkpoint, threads: int | None = None):
     if name == "numpy":
         from .numpy_backend import NumpyBackend
-        return NumpyBackend(checkpoint, plan, weight_names)
+        return NumpyBackend(checkpoint)
     if name == "cpu":
         from .cpu_backend import CpuBackend
-        return CpuBackend(checkpoint, plan, weight_names, threads)
+        return CpuBackend(checkpoint, threads)
     if name == "cuda":
         from .cuda_backend import CudaBackend
-        return CudaBackend(checkpoint, plan, weight_names)
+        return CudaBackend(checkpoint)
     raise BackendUnavailableError(f"unknown backend {name!r}")

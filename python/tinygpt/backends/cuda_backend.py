@@ -1,15 +1,16 @@
-"""CUDA backend (tinygpt._cuda): weights uploaded once, KV cache and activations on the device, decode
-steps replayed from a captured CUDA graph; one small copy each way per step."""
+"""CUDA backend (tinygpt._cuda): weights uploaded once, KV caches and activations on the device; a single
+sequence's decode step is replayed from a CUDA graph captured once per sequence. Not yet run on a GPU."""
 from __future__ import annotations
 
 from ..errors import BackendUnavailableError
-from .native import NativeSession, engine_args
+from .base import Backend
+from .native import NativeSequence, engine_config, engine_weights
 
 
-class CudaBackend:
+class CudaBackend(Backend):
     name = "cuda"
 
-    def __init__(self, ck, plan, weight_names):
+    def __init__(self, ck):
         try:
             from .. import _cuda
         except ImportError as e:
@@ -19,17 +20,19 @@ class CudaBackend:
                                           "dtype='float16' or 'bfloat16' for cuda")
         self._cuda = _cuda
         self.cfg, self.dtype = ck.config, ck.dtype
-        cfg, plan, arrays, dtypes, _ = engine_args(ck, plan, weight_names)
         try:
-            self.engine = _cuda.Engine(cfg, plan, arrays, dtypes)
+            self.engine = _cuda.Engine(engine_config(ck.config), engine_weights(ck), ck.config.tie_word_embeddings)
         except RuntimeError as e:
             raise BackendUnavailableError(
                 f"cannot place the model ({ck.nbytes / 2**20:.0f} MiB of weights, {ck.dtype}) on the GPU: {e}") from None
 
-    def new_session(self) -> NativeSession:
+    def new_sequence(self) -> NativeSequence:
         c = self.cfg
         try:
-            return NativeSession(self._cuda.Session(self.engine), c.n_ctx)
+            return NativeSequence(self, self._cuda.Sequence(self.engine))
         except RuntimeError as e:
             kv = 2 * c.n_layer * c.n_ctx * c.n_embd * 4
-            raise BackendUnavailableError(f"cannot allocate a session ({kv / 2**20:.0f} MiB KV cache) on the GPU: {e}") from None
+            raise BackendUnavailableError(f"cannot allocate a sequence ({kv / 2**20:.0f} MiB KV cache) on the GPU: {e}") from None
+
+    def _forward(self, seqs, tokens, want):
+        return self._cuda.forward(self.engine, [s._s for s in seqs], tokens, want)

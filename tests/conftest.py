@@ -36,16 +36,14 @@ def rel_err(got, ref) -> float:
 
 def widen(w, wdtype, wscale=None):
     """Weights of any stored dtype as the float32 values the kernels must compute with."""
-    from tinygpt.weights import dequantize_int8, to_float32
-    if wdtype == "int8":
-        return dequantize_int8(w, wscale)
-    return to_float32(w, {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[wdtype])
+    from tinygpt import dtypes
+    return dtypes.get(wdtype).widen(w, wscale)
 
 
 def make_weights(rng, shape, wdtype, scale=1.0):
     """Random weights stored as wdtype: (array, row scales or None)."""
-    from tinygpt.weights import encode
-    return encode((rng.standard_normal(shape) * scale).astype(np.float32), wdtype)
+    from tinygpt import dtypes
+    return dtypes.get(wdtype).to_stored((rng.standard_normal(shape) * scale).astype(np.float32))
 
 
 class NumpyKernels:

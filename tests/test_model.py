@@ -114,6 +114,15 @@ def test_logits_input_validation(models):
         m.logits([1] * 129)
 
 
+def test_tinygpt_backend_sets_the_default(tiny_dir, monkeypatch):
+    monkeypatch.setenv("TINYGPT_BACKEND", "numpy")
+    assert tinygpt.load(tiny_dir).backend_name == "numpy"
+    monkeypatch.setenv("TINYGPT_BACKEND", "tpu")
+    with pytest.raises(tinygpt.BackendUnavailableError, match="unknown backend"):
+        tinygpt.load(tiny_dir)
+    assert tinygpt.load(tiny_dir, backend="numpy").backend_name == "numpy"  # an explicit choice wins
+
+
 def test_unknown_backend(tiny_dir):
     with pytest.raises(tinygpt.BackendUnavailableError, match="unknown backend"):
         tinygpt.load(tiny_dir, backend="tpu")

@@ -82,7 +82,7 @@ class Stream:
         if opts.max_new_tokens == 0:
             return
         # greedy without a penalty needs only the argmax: forward_argmax (the cpu backend skips most of the head)
-        argmax_only = opts.greedy and opts.repeat_penalty == 1.0
+        argmax_only = opts.argmax_only
 
         def step(ids):
             if argmax_only:
@@ -96,7 +96,7 @@ class Stream:
         tm.prefill_s = time.perf_counter() - t0
         t_step = None  # set while a decode step is being timed (forward + token choice)
         while True:
-            tok = out if argmax_only else select(out, opts, rng, context)
+            tok = out if argmax_only else select(out, opts, rng, context, len(res.tokens))
             if t_step is not None:
                 tm.decode_s += time.perf_counter() - t_step
                 tm.decode_steps += 1

@@ -14,7 +14,7 @@ from . import backends
 from .errors import ContextOverflowError, InvalidArgumentError
 from .generate import GenerationResult, Stream
 from .plan import build_plan
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, options_from_kwargs
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
 
@@ -58,12 +58,9 @@ class Model:
 
     # -- generation ----------------------------------------------------------------------------
     def _prepare(self, prompt: str | Sequence[int], options: dict) -> tuple[list[int], SamplingOptions]:
-        try:
-            opts = SamplingOptions(**options)
-        except TypeError as e:
-            raise InvalidArgumentError(str(e)) from None
+        opts = options_from_kwargs(self.config.n_vocab, **options)
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(prompt, opts.allowed_special)
         else:
             ids = self._check_ids(prompt).tolist() if len(prompt) else []
         if not ids:
@@ -71,6 +68,7 @@ class Model:
                 raise InvalidArgumentError("empty prompt and the vocabulary has no <|endoftext|> to start from")
             ids = [self.tokenizer.eot_id]
         n_ctx = self.config.n_ctx
+        opts = opts.fit(len(ids), n_ctx)  # max_new_tokens=-1: the room the context leaves
         if opts.context_overflow == "error" and len(ids) + opts.max_new_tokens > n_ctx:
             raise ContextOverflowError(
                 f"prompt of {len(ids)} tokens + max_new_tokens={opts.max_new_tokens} exceeds the context length "
@@ -89,8 +87,10 @@ class Model:
         return s.result
 
     def generate(self, prompt: str | Sequence[int], **options) -> str:
-        """Generated text only (prompt excluded). Options: max_new_tokens, temperature (0 = greedy), top_k,
-        top_p, repeat_penalty, seed, stop, ignore_eos, context_overflow ('error' | 'slide')."""
+        """Generated text only (prompt excluded). Options (sampling.options_from_kwargs; README "Python API"):
+        max_new_tokens, temperature (0 = greedy), top_k, top_p, min_p, typical_p, repeat_penalty, repeat_last_n,
+        presence_penalty, frequency_penalty, logit_bias, seed, stop, ignore_eos, context_overflow ('error' |
+        'slide'), allowed_special; aliases max_tokens, repetition_penalty, do_sample."""
         return self.generate_result(prompt, **options).text
 
 

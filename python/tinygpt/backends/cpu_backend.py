@@ -13,6 +13,7 @@ import os
 import threading
 
 from ..errors import BackendUnavailableError, InvalidArgumentError
+from ..threads import apply as apply_threads
 from ..weights import head_screen
 from .native import NativeSession, engine_args
 
@@ -29,7 +30,7 @@ class CpuBackend:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
-            _cpu.set_num_threads(threads)  # process-wide (OpenMP)
+        apply_threads(_cpu, threads)  # process-wide (OpenMP); default: physical cores (threads.py)
         self.cfg, self.dtype = ck.config, ck.dtype
         self.engine = _cpu.Engine(*engine_args(ck, plan, weight_names))
         mode = screen_head if screen_head is not None else os.environ.get("TINYGPT_GREEDY_SCREEN", "auto")

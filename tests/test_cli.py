@@ -49,7 +49,8 @@ def test_help_lists_every_option():
     assert r.returncode == 0
     for opt in ("--model", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repeat-penalty", "--seed",
                 "--stop", "--backend", "--no-stream", "--timings", "--ignore-eos", "--context-overflow", "--dtype",
-                "--threads"):
+                "--threads", "--prompt", "--file", "--min-p", "--typical", "--presence-penalty", "--frequency-penalty",
+                "--logit-bias", "--repeat-last-n", "--allow-special", "--n-predict"):
         assert opt in r.stdout, opt
     r = run("--help")
     assert r.returncode == 0 and all(c in r.stdout for c in ("generate", "convert", "info", "tokenize"))

@@ -335,8 +335,10 @@ def distribution(logits: np.ndarray, opts: SamplingOptions, context: Sequence[in
     if top == math.inf:  # infinitely likely tokens (an overflowing penalty): they share the mass
         z = np.where(x == math.inf, 0.0, -math.inf)
     else:
+        z = x  # x is penalized's own copy
+        z -= top
         with np.errstate(over="ignore"):
-            z = (x - top) / opts.temperature  # <= 0; -inf where it overflows
+            z /= opts.temperature  # <= 0; -inf where it overflows
     if 0 < opts.top_k < z.size:
         kth = np.partition(z, -opts.top_k)[-opts.top_k]
         z[z < kth] = -math.inf

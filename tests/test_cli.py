@@ -49,7 +49,8 @@ def test_help_lists_every_option():
     assert r.returncode == 0
     for opt in ("--model", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repeat-penalty", "--seed",
                 "--stop", "--backend", "--no-stream", "--timings", "--ignore-eos", "--context-overflow", "--dtype",
-                "--threads"):
+                "--threads", "--prompt", "--file", "--min-p", "--typical", "--presence-penalty", "--frequency-penalty",
+                "--logit-bias", "--repeat-last-n", "--allow-special", "--n-predict"):
         assert opt in r.stdout, opt
     r = run("--help")
     assert r.returncode == 0 and all(c in r.stdout for c in ("generate", "convert", "info", "tokenize"))
@@ -123,3 +124,89 @@ def test_convert(tmp_path, tiny_dir):
     assert info["parameters"] == V * C + P * C + L * (12 * C * C + 13 * C) + 2 * C  # scales are not parameters
     r = run("convert", tmp_path / "nothing", out)
     assert r.returncode == 1 and r.stderr.count("\n") == 1
+
+
+# -- habits from llama.cpp, transformers, OpenAI, vLLM ---------------------------------------------------------
+def test_prompt_options_and_file(tiny_dir, tmp_path):
+    want = run("generate", "Hello world", "-m", tiny_dir, "-n", 8, "--greedy").stdout
+    assert run("generate", "-p", "Hello world", "-m", tiny_dir, "-n", 8, "--greedy").stdout == want
+    f = tmp_path / "prompt.txt"
+    f.write_text("Hello world\n")  # one trailing newline is dropped, as llama.cpp's -f does
+    r = run("generate", "-f", f, "-m", tiny_dir, "--n-predict", 8, "--temp", 0)
+    assert r.returncode == 0 and r.stdout == want, r.stderr
+    for args, msg in [(["-p", "a", "b"], "give the prompt once"), (["-f", tmp_path / "none.txt"], "cannot read"),
+                      (["-f", tmp_path], "cannot read")]:
+        r = run("generate", *args, "-m", tiny_dir)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and msg in r.stderr, r.stderr
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9")
+    r = run("generate", "-f", bad, "-m", tiny_dir)
+    assert r.returncode == 1 and "not UTF-8" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_seed_minus_one_and_n_minus_one(tiny_dir):
+    a = run("generate", "Hi", "-m", tiny_dir, "-n", 6, "--seed", -1, "-v")
+    b = run("generate", "Hi", "-m", tiny_dir, "-n", 6, "-s", -1, "-v")
+    assert a.returncode == 0 and b.returncode == 0
+    seeds = [line for r in (a, b) for line in r.stderr.splitlines() if "seed: " in line]
+    assert len(seeds) == 2 and seeds[0] != seeds[1]  # random, and the seed used is printed
+    r = run("generate", "Hi", "-m", tiny_dir, "-n", -1, "--greedy", "--ignore-eos", "--timings")
+    assert r.returncode == 0, r.stderr
+    assert "decode: 126 steps" in r.stderr  # 127 tokens: the context (128) minus the prompt (1)
+    r = run("generate", "Hi", "-m", tiny_dir, "-n", -2)
+    assert r.returncode == 1 and "-1 (until <|endoftext|>" in r.stderr
+
+
+@pytest.mark.parametrize("alias,canon", [("f32", "float32"), ("fp32", "float32"), ("f16", "float16"),
+                                         ("fp16", "float16"), ("half", "float16"), ("BF16", "bfloat16")])
+def test_dtype_aliases(tiny_dir, alias, canon):
+    backend = "cpu" if "cpu" in tinygpt.available_backends() else "numpy"  # numpy widens to float32
+    r = run("generate", "Hi", "-m", tiny_dir, "-n", 2, "--greedy", "--dtype", alias, "-v", "--backend", backend)
+    assert r.returncode == 0, r.stderr
+    assert backend == "numpy" or f"dtype='{canon}'" in r.stderr, r.stderr
+
+
+def test_dtype_alias_convert_and_unknown(tiny_dir, tmp_path):
+    r = run("convert", tiny_dir, tmp_path / "c", "--dtype", "bf16")
+    assert r.returncode == 0 and "bfloat16" in r.stderr
+    r = run("generate", "Hi", "-m", tiny_dir, "--dtype", "q8_0")
+    assert r.returncode == 2 and "float16 (f16, fp16, half)" in r.stderr
+
+
+def test_new_sampler_flags_equal_api(tiny_dir):
+    m = tinygpt.load(tiny_dir, backend="numpy")
+    want = m.generate("Hello", max_new_tokens=12, seed=5, min_p=0.05, typical_p=0.9, presence_penalty=0.5,
+                      frequency_penalty=0.3, repetition_penalty=1.2, repeat_last_n=4,
+                      logit_bias={11: float("-inf"), 13: 2.0})
+    r = run("generate", "Hello", "-m", tiny_dir, "--backend", "numpy", "-n", 12, "--seed", 5, "--min-p", 0.05,
+            "--typical", 0.9, "--presence-penalty", 0.5, "--frequency-penalty", 0.3, "--repeat-penalty", 1.2,
+            "--repeat-last-n", 4, "--logit-bias", "11-inf", "--logit-bias", "13+2")
+    assert r.returncode == 0 and r.stdout == want + "\n", r.stderr
+    for args, msg, code in [(["--logit-bias", "x"], "TOKEN_ID+BIAS", 2), (["--logit-bias", "60000+1"], "0..50256", 1),
+                            (["--min-p", "2"], "min_p", 1), (["--presence-penalty", "9"], "[-2, 2]", 1),
+                            (["--repeat-last-n", "-5"], "repeat_last_n", 1), (["--typical", "0"], "typical_p", 1)]:
+        r = run("generate", "Hello", "-m", tiny_dir, *args)
+        assert r.returncode == code and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_allow_special_in_generate(tiny_dir):
+    m = tinygpt.load(tiny_dir, backend="numpy")
+    want = m.generate([50256, *m.tokenizer.encode("Hi")], max_new_tokens=5, temperature=0)
+    r = run("generate", "<|endoftext|>Hi", "-m", tiny_dir, "--backend", "numpy", "-n", 5, "--greedy",
+            "--allow-special")
+    assert r.stdout == want + "\n"
+
+
+def test_tokenize_stdin_and_decode_formats(tiny_dir):
+    for args, stdin in [(["-"], "Hello world"), ([], "Hello world")]:
+        r = run("tokenize", *args, "-m", tiny_dir, stdin=stdin)
+        assert r.returncode == 0 and r.stdout.split() == ["15496", "995"], r.stderr
+    for ids in ("[15496, 995]", "15496,995", "15496, 995", '{"tokens": [15496, 995]}'):
+        r = run("tokenize", "--decode", ids, "-m", tiny_dir)
+        assert r.stdout == "Hello world\n", (ids, r.stderr)
+    r = run("tokenize", "--decode", "-", "-m", tiny_dir, stdin="[15496, 995]\n")
+    assert r.stdout == "Hello world\n"
+    for ids, msg in [("[1, x]", "JSON list"), ("1.5", "JSON list"), ("[99999]", "outside the vocabulary"),
+                     ("-3", "outside the vocabulary"), ("[true]", "JSON list")]:
+        r = run("tokenize", "--decode", ids, "-m", tiny_dir)
+        assert r.returncode == 1 and msg in r.stderr and r.stderr.count("\n") == 1, (ids, r.stderr)

@@ -55,9 +55,9 @@ def test_eos_stops_unless_ignored(m, monkeypatch):
     calls = {"n": 0}
     real = g.select
 
-    def fake(logits, opts, rng, ctx):
+    def fake(logits, opts, rng, ctx, *rest):
         calls["n"] += 1
-        return eot if calls["n"] == 3 else real(logits, opts, rng, ctx)
+        return eot if calls["n"] == 3 else real(logits, opts, rng, ctx, *rest)
     monkeypatch.setattr(g, "select", fake)
     # sampled (greedy without a penalty never calls select: it takes forward_argmax's pick)
     r = m.generate_result("Hi", max_new_tokens=10, temperature=0.7, seed=1)
@@ -82,9 +82,9 @@ def test_context_overflow(m):
     assert len(r.tokens) == 5 and r.timings.prompt_tokens == 128
 
 
-@pytest.mark.parametrize("opts", [dict(temperature=-1), dict(temperature=float("nan")), dict(top_k=-1),
+@pytest.mark.parametrize("opts", [dict(temperature=-1), dict(temperature=float("nan")), dict(top_k=-2),
                                   dict(top_k=1.5), dict(top_p=0), dict(top_p=1.5), dict(repeat_penalty=0),
-                                  dict(max_new_tokens=-1), dict(seed=-3), dict(seed="x"), dict(stop=[""]),
+                                  dict(max_new_tokens=-2), dict(seed=-3), dict(seed="x"), dict(stop=[""]),
                                   dict(context_overflow="wrap"), dict(bogus=1)])
 def test_invalid_options(m, opts):
     with pytest.raises(tinygpt.InvalidArgumentError):

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from . import dtypes
 from .errors import TinyGPTError
 
 
@@ -33,6 +34,28 @@ def _progress_printer():
     return show
 
 
+_DTYPE_HELP = "; ".join(f"{d} ({', '.join(a for a, t in dtypes.ALIASES.items() if t == d)})" for d in dtypes.NAMES)
+
+
+def _dtype(s: str) -> str:
+    """vLLM's, llama.cpp's and PyTorch's short names for a dtype (dtypes.ALIASES), as tinygpt's canonical one."""
+    try:
+        return dtypes.get(s).name
+    except TinyGPTError:
+        raise argparse.ArgumentTypeError(f"unknown dtype {s!r}; write one of {_DTYPE_HELP}") from None
+
+
+def _logit_bias(s: str) -> tuple[int, float]:
+    """llama.cpp's TOKEN_ID(+|-)BIAS (15043+1, 15043-inf), also TOKEN_ID=BIAS."""
+    import re
+    m = re.fullmatch(r"\s*(\d+)\s*(?:=\s*([-+]?)|([-+]))\s*(inf|[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*", s)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected TOKEN_ID+BIAS, TOKEN_ID-BIAS or TOKEN_ID=BIAS (15043+1, "
+                                         f"15043-inf), got {s!r}")
+    sign = m.group(2) or m.group(3) or "+"
+    return int(m.group(1)), float(sign + m.group(4))
+
+
 def _add_model_args(p):
     p.add_argument("-m", "--model", default="gpt2",
                    help="hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, org/name) or a local "
@@ -40,11 +63,12 @@ def _add_model_args(p):
     p.add_argument("--backend", default=None, choices=["auto", "numpy", "cpu", "cuda"],
                    help="auto = cuda if a GPU is present, else cpu (C++/OpenMP), else numpy; default: "
                         "TINYGPT_BACKEND, else auto")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "int8"], default=None,
-                   help="convert weight matrices at load (default: as stored); int8 is per-row symmetric, cpu "
-                        "backend only; numpy computes in float32")
+    p.add_argument("--dtype", type=_dtype, default=None, metavar="DTYPE",
+                   help=f"convert weight matrices at load (default: as stored): {_DTYPE_HELP}; int8 is per-row "
+                        "symmetric, cpu backend only; numpy computes in float32")
     p.add_argument("-t", "--threads", type=int, default=None,
-                   help="CPU threads for the cpu backend (default: TINYGPT_NUM_THREADS or all cores)")
+                   help="CPU threads for the cpu backend (default: TINYGPT_NUM_THREADS, else OMP_NUM_THREADS, "
+                        "else one per physical core this process may use)")
     p.add_argument("--offline", action="store_true", default=None,
                    help="never download (also: HF_HUB_OFFLINE=1); use the cache or a local path")
     p.add_argument("--cache-dir", default=None, help="hub cache (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)")
@@ -61,32 +85,60 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a continuation of PROMPT. Only the generated text goes to stdout.")
     g.add_argument("prompt", nargs="?", default=None, help="prompt text; '-' or omitted with piped stdin reads stdin; "
                                                             "empty starts from <|endoftext|>")
+    g.add_argument("-p", "--prompt", dest="prompt_opt", default=None, metavar="TEXT",
+                   help="the prompt, as an option (llama.cpp)")
+    g.add_argument("-f", "--file", default=None, metavar="FILE",
+                   help="read the prompt from FILE, one prompt, one trailing newline dropped (llama.cpp)")
     _add_model_args(g)
-    g.add_argument("-n", "--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    g.add_argument("-n", "--max-new-tokens", "--n-predict", "--predict", "--max-tokens", type=int, default=128,
+                   dest="max_new_tokens", metavar="N",
+                   help="tokens to generate (default 128); -1 = until <|endoftext|> or the context is full (with "
+                        "--context-overflow slide: at most one context's worth)")
     g.add_argument("--temperature", "--temp", type=float, default=1.0, help="0 = greedy; default 1.0")
     g.add_argument("--greedy", action="store_true", help="same as --temperature 0")
-    g.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 = off, default)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 or -1 = off, default)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off, default)")
-    g.add_argument("--repeat-penalty", type=float, default=1.0,
-                   help="CTRL/HF repetition penalty over prompt and output (1 = off, default)")
-    g.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text); default random")
+    g.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less likely than P times the most likely one (0 = off, default; llama.cpp's "
+                        "default is 0.05)")
+    g.add_argument("--typical", "--typical-p", type=float, default=1.0, dest="typical_p", metavar="P",
+                   help="locally typical sampling mass in (0, 1] (1 = off, default)")
+    g.add_argument("--repeat-penalty", "--repetition-penalty", type=float, default=1.0, dest="repeat_penalty",
+                   help="CTRL/HF repetition penalty on the last --repeat-last-n tokens (1 = off, default)")
+    g.add_argument("--repeat-last-n", type=int, default=-1, metavar="N",
+                   help="tokens the repetition penalty looks back on: -1 = prompt and output (HF, default), 0 = "
+                        "none, N = last N (llama.cpp's default is 64)")
+    g.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="OpenAI: subtract from the logit of every token already generated, in [-2, 2] (0 = off)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="OpenAI: subtract F x (times the token was generated) from its logit, in [-2, 2] (0 = off)")
+    g.add_argument("--logit-bias", type=_logit_bias, action="append", default=[], metavar="ID(+|-)BIAS",
+                   help="add BIAS to token ID's logit, e.g. 15043+1 or 50256-inf (ban); repeatable")
+    g.add_argument("-s", "--seed", type=int, default=None,
+                   help="random seed (same seed, same text); default or -1: random")
     g.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop when STR is generated (not printed); repeatable")
     g.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
+    g.add_argument("--allow-special", action="store_true",
+                   help="a literal <|endoftext|> in the prompt is the special token 50256 (default: plain text)")
     g.add_argument("--context-overflow", choices=["error", "slide"], default="error",
                    help="prompt + new tokens beyond the context: error (default) or slide (drop the oldest "
                         "quarter of the window and re-read the rest)")
     g.add_argument("--no-stream", action="store_true", help="print the text once at the end")
     g.add_argument("--timings", action="store_true", help="print prefill and decode tokens/s to stderr")
-    g.add_argument("-v", "--verbose", action="store_true", help="print model, backend and seed to stderr")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="print model, backend, dtype, seed and the sampling settings to stderr")
+    g.epilog = ("Sampling order (transformers'): logit bias -> repetition penalty -> presence/frequency penalties -> "
+                "temperature -> top-k -> top-p -> min-p -> typical -> sample. llama.cpp applies temperature last, "
+                "so the same flags can keep a different set of tokens there.")
 
     c = sub.add_parser("convert", help="write a checkpoint in tinygpt's memory-mappable safetensors layout",
                        description="Convert SRC (hub name, HF directory or tinygpt file) to DST: a .safetensors "
                                    "file, or a directory that gets model.safetensors. The vocabulary is copied beside it.")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "int8"], default=None,
-                   help="matrix dtype to store (default: as in SRC)")
+    c.add_argument("--dtype", type=_dtype, default=None, metavar="DTYPE",
+                   help=f"matrix dtype to store (default: as in SRC): {_DTYPE_HELP}")
     c.add_argument("--offline", action="store_true", default=None, help="never download")
     c.add_argument("--cache-dir", default=None)
 
@@ -96,9 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
     t = sub.add_parser("tokenize", help="print GPT-2 token ids of TEXT (or decode ids)")
-    t.add_argument("text")
+    t.add_argument("text", nargs="?", default=None,
+                   help="text; '-' or omitted with piped stdin reads stdin (every byte of it, newlines included)")
     t.add_argument("-m", "--model", default=None, help="take the vocabulary from this model (default: gpt2)")
-    t.add_argument("--decode", action="store_true", help="TEXT is space- or comma-separated ids; print the text")
+    t.add_argument("--decode", action="store_true",
+                   help="TEXT is token ids: a JSON list ([464, 3290]) or numbers separated by spaces or commas; "
+                        "print the text")
     t.add_argument("--allow-special", action="store_true", help="map a literal <|endoftext|> to id 50256")
     t.add_argument("--offline", action="store_true", default=None)
     return ap
@@ -109,18 +164,56 @@ def _version() -> str:
     return __version__
 
 
+_MAX_INPUT = 64 << 20  # bytes read from a prompt file or stdin: far beyond any context, and bounded
+
+
+def _read_text(path: str | None) -> str:
+    """A file's text (None or '-': stdin's), at most _MAX_INPUT bytes, decoded as UTF-8."""
+    what = "stdin" if path in (None, "-") else f"prompt file {path!r}"
+    try:
+        if path in (None, "-"):
+            data = sys.stdin.buffer.read(_MAX_INPUT + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(_MAX_INPUT + 1)
+    except OSError as e:
+        raise TinyGPTError(f"cannot read {what}: {e.strerror or e}") from None
+    if len(data) > _MAX_INPUT:
+        raise TinyGPTError(f"{what} is larger than {_MAX_INPUT >> 20} MiB; a GPT-2 context is 1024 tokens")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TinyGPTError(f"{what} is not UTF-8 text (byte {e.start})") from None
+
+
+def _prompt(a) -> str:
+    given = [x for x in (a.prompt, a.prompt_opt, a.file) if x is not None]
+    if len(given) > 1:
+        raise TinyGPTError("give the prompt once: PROMPT, -p TEXT or -f FILE")
+    if a.file is not None:
+        text = _read_text(a.file)
+        return text[:-1] if text.endswith("\n") else text  # as llama.cpp's -f: editors end files with one
+    prompt = a.prompt if a.prompt is not None else a.prompt_opt
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        prompt = _read_text("-")
+    return prompt or ""
+
+
 def _cmd_generate(a) -> int:
     from .model import load
-    prompt = a.prompt
-    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        prompt = sys.stdin.read()
-    prompt = prompt or ""
+    prompt = _prompt(a)
     progress = _progress_printer() if sys.stderr.isatty() else None
     model = load(a.model, a.backend, dtype=a.dtype, threads=a.threads, offline=a.offline, cache_dir=a.cache_dir,
                  revision=a.revision, progress=progress)
+    bias = {}
+    for tok, b in a.logit_bias:
+        bias[tok] = bias.get(tok, 0.0) + b  # repeated: they add up
     opts = dict(max_new_tokens=a.max_new_tokens, temperature=0.0 if a.greedy else a.temperature, top_k=a.top_k,
-                top_p=a.top_p, repeat_penalty=a.repeat_penalty, seed=a.seed, stop=a.stop, ignore_eos=a.ignore_eos,
-                context_overflow=a.context_overflow)
+                top_p=a.top_p, min_p=a.min_p, typical_p=a.typical_p, repeat_penalty=a.repeat_penalty,
+                repeat_last_n=a.repeat_last_n, presence_penalty=a.presence_penalty,
+                frequency_penalty=a.frequency_penalty, logit_bias=bias, seed=a.seed, stop=a.stop,
+                ignore_eos=a.ignore_eos, context_overflow=a.context_overflow,
+                allowed_special="all" if a.allow_special else ())
     stream = model.stream(prompt, **opts)
     out = sys.stdout
     if a.no_stream:
@@ -134,6 +227,8 @@ def _cmd_generate(a) -> int:
     r = stream.result
     if a.verbose:
         print(f"model: {a.model} {model!r}; seed: {r.seed}; finish: {r.finish_reason}", file=sys.stderr)
+        shown = {k: v for k, v in opts.items() if k != "seed" and (k not in ("stop", "logit_bias") or v)}
+        print("sampling: " + ", ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr)
     if a.timings:
         tm = r.timings
         print(f"prefill: {tm.prompt_tokens} tokens in {tm.prefill_s * 1e3:.1f} ms ({tm.prefill_tok_s:.1f} tok/s); "
@@ -197,16 +292,42 @@ def _cmd_tokenize(a) -> int:
     from .tokenizer import Tokenizer
     path = resolve_model(a.model or "gpt2", offline=a.offline, vocab_only=True)
     tok = Tokenizer.from_dir(path if path.is_dir() else path.parent)
+    text = a.text
+    if text == "-" or (text is None and not sys.stdin.isatty()):
+        text = _read_text("-")
+    elif text is None:
+        raise TinyGPTError("give TEXT, or '-' (or a pipe) to read stdin")
     if a.decode:
+        ids = _parse_ids(text)
         try:
-            ids = [int(x) for x in a.text.replace(",", " ").split()]
-        except ValueError:
-            raise TinyGPTError("--decode expects integers separated by spaces or commas") from None
-        print(tok.decode(ids))
+            print(tok.decode(ids))
+        except ValueError as e:
+            raise TinyGPTError(str(e)) from None
     else:
-        ids = tok.encode(a.text, allowed_special="all" if a.allow_special else ())
+        ids = tok.encode(text, allowed_special="all" if a.allow_special else ())
         print(" ".join(map(str, ids)))
     return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    """Token ids as Python/JSON prints them ([464, 3290]; llama-tokenize --ids; {"tokens": [...]}) or separated
+    by spaces or commas."""
+    bad = TinyGPTError("--decode expects token ids: a JSON list like [464, 3290] or integers separated by spaces "
+                       f"or commas, got {text.strip()[:40]!r}")
+    s = text.strip()
+    if s[:1] in "[{" and s:
+        try:
+            v = json.loads(s)
+        except ValueError:
+            raise bad from None
+        v = v.get("tokens") if isinstance(v, dict) else v
+        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise bad
+        return v
+    try:
+        return [int(x) for x in s.replace(",", " ").split()]
+    except ValueError:
+        raise bad from None
 
 
 def main(argv=None) -> int:

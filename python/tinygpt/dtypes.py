@@ -63,7 +63,7 @@ DTYPES: dict[str, DType] = {d.name: d for d in (
 NAMES = tuple(DTYPES)
 # what users of llama.cpp, PyTorch and Hugging Face type
 ALIASES = {"f32": "float32", "fp32": "float32", "float": "float32", "f16": "float16", "fp16": "float16",
-           "half": "float16", "bf16": "bfloat16", "i8": "int8", "q8": "int8"}
+           "half": "float16", "bf16": "bfloat16", "i8": "int8"}
 
 
 def get(name: str) -> DType:

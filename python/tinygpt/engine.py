@@ -139,7 +139,7 @@ class AsyncEngine:
         opts, n, lp = m._options(options)
         if n > self.max_batch:
             raise InvalidArgumentError(f"n={n} exceeds the engine's max_batch={self.max_batch}")
-        ids = await asyncio.to_thread(m._prompt_ids, prompt, opts)  # a long prompt's BPE off the event loop
+        ids, opts = await asyncio.to_thread(m._prompt_ids, prompt, opts)  # a long prompt's BPE off the event loop
         base = opts.seed if opts.seed is not None else secrets.randbits(63)
         states = [_Decoding(m, ids, opts, sample_seed(base, j), lp) for j in range(n)]
         return self._submit(states)

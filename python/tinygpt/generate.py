@@ -120,14 +120,14 @@ class _Decoding:
         self.prefilling = True
         # greedy without a penalty (and without logprobs) needs only the argmax: the cpu backend then skips most of
         # the LM head
-        self.want = "argmax" if opts.greedy and opts.repeat_penalty == 1.0 and logprobs is None else "last"
+        self.want = "argmax" if opts.argmax_only and logprobs is None else "last"
         self.done = opts.max_new_tokens == 0
 
     def accept(self, out) -> list[tuple]:
         """Take this step's forward output (logits or argmax); returns the pieces (text, tokens, logprobs) now
         safe to show."""
         opts, res, tm = self.opts, self.result, self.result.timings
-        tok = out if self.want == "argmax" else select(out[-1], opts, self.rng, self.context)
+        tok = out if self.want == "argmax" else select(out[-1], opts, self.rng, self.context, len(res.tokens))
         if tok == self.model.tokenizer.eot_id and not opts.ignore_eos:
             res.finish_reason = "stop"
             return self._finish()

@@ -14,7 +14,7 @@ import numpy as np
 from . import backends
 from .errors import ContextOverflowError, InvalidArgumentError
 from .generate import BatchRun, GenerationResult, Stream
-from .sampling import SamplingOptions
+from .sampling import SamplingOptions, options_from_kwargs
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint
 
@@ -65,14 +65,12 @@ class Model:
         lp = options.pop("logprobs", None)
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= self.config.n_vocab):
             raise InvalidArgumentError(f"logprobs must be None or an integer in 0..{self.config.n_vocab}, got {lp!r}")
-        try:
-            return SamplingOptions(**options), n, lp
-        except TypeError as e:
-            raise InvalidArgumentError(str(e)) from None
+        return options_from_kwargs(self.config.n_vocab, **options), n, lp
 
-    def _prompt_ids(self, prompt, opts: SamplingOptions) -> list[int]:
+    def _prompt_ids(self, prompt, opts: SamplingOptions) -> tuple[list[int], SamplingOptions]:
+        """The prompt's token ids, and opts with max_new_tokens=-1 resolved against the room the context leaves."""
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(prompt, opts.allowed_special)
         else:
             ids = self._check_ids(prompt).tolist() if len(prompt) else []
         if not ids:
@@ -80,11 +78,12 @@ class Model:
                 raise InvalidArgumentError("empty prompt and the vocabulary has no <|endoftext|> to start from")
             ids = [self.tokenizer.eot_id]
         n_ctx = self.config.n_ctx
+        opts = opts.fit(len(ids), n_ctx)  # max_new_tokens=-1: the room the context leaves
         if opts.context_overflow == "error" and len(ids) + opts.max_new_tokens > n_ctx:
             raise ContextOverflowError(
                 f"prompt of {len(ids)} tokens + max_new_tokens={opts.max_new_tokens} exceeds the context length "
                 f"{n_ctx}; shorten the prompt, lower max_new_tokens, or use context_overflow='slide'")
-        return ids
+        return ids, opts
 
     @staticmethod
     def _is_batch(prompt) -> bool:
@@ -103,7 +102,8 @@ class Model:
         reqs = []
         for prompt, options in requests:
             opts, n, lp = self._options(options)
-            reqs.append((self._prompt_ids(prompt, opts), opts, opts.seed, n, lp))
+            ids, opts = self._prompt_ids(prompt, opts)
+            reqs.append((ids, opts, opts.seed, n, lp))
         return BatchRun(self, reqs)
 
     def stream(self, prompt, **options):
@@ -111,7 +111,7 @@ class Model:
         tokens and timings after. A list of prompts or n > 1: a BatchRun of Pieces (index, text)."""
         opts, n, lp = self._options(options)
         if not self._is_batch(prompt) and n == 1:
-            return Stream(self, self._prompt_ids(prompt, opts), opts, lp)
+            return Stream(self, *self._prompt_ids(prompt, opts), lp)
         prompts = prompt if self._is_batch(prompt) else [prompt]
         return self.run_batch([(p, options) for p in prompts])
 
@@ -130,8 +130,10 @@ class Model:
 
     def generate(self, prompt, **options):
         """Generated text only (prompt excluded): a str, a list of n str, or one entry per prompt of a list.
-        Options: max_new_tokens, temperature (0 = greedy), top_k, top_p, repeat_penalty, seed, stop, ignore_eos,
-        context_overflow ('error' | 'slide'), n (samples per prompt, sharing one prefill), logprobs (k: each
+        Options (sampling.options_from_kwargs; README "Python API"): max_new_tokens, temperature (0 = greedy),
+        top_k, top_p, min_p, typical_p, repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty,
+        logit_bias, seed, stop, ignore_eos, context_overflow ('error' | 'slide'), allowed_special; aliases
+        max_tokens, repetition_penalty, do_sample; n (samples per prompt, sharing one prefill), logprobs (k: each
         generated token's logprob and its k most likely alternatives in `generate_result(...).logprobs`)."""
         res = self.generate_result(prompt, **options)
         text = lambda r: [x.text for x in r] if isinstance(r, list) else r.text  # noqa: E731

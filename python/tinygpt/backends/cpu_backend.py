@@ -9,6 +9,7 @@ import threading
 
 from ..errors import BackendUnavailableError, InvalidArgumentError
 from ..gpt2 import head_name
+from ..threads import apply as apply_threads
 from . import head_screen
 from .base import Backend
 from .native import NativeSequence, engine_config, engine_weights
@@ -26,7 +27,7 @@ class CpuBackend(Backend):
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
-            _cpu.set_num_threads(threads)  # process-wide (OpenMP)
+        apply_threads(_cpu, threads)  # process-wide (OpenMP); default: physical cores (threads.py)
         self.cfg, self.dtype = ck.config, ck.dtype
         self.engine = _cpu.Engine(engine_config(ck.config), engine_weights(ck), ck.config.tie_word_embeddings)
         self.screen_head = head_screen.wanted(ck.dtype, screen_head)

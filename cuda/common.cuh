@@ -55,6 +55,8 @@ size_t attention_scratch_floats(int H, int hd, int n_ctx);
 void launch_gelu(float* out, const float* inp, int64_t n, cudaStream_t s);
 void launch_embedding(float* out, const int32_t* tokens, const void* wte, const float* wpe, int T, int C,
                       const int* d_pos, int wdtype, cudaStream_t s);
+// Greedy step: out_index[0] = np.argmax(logits[:n]) (first max; the first NaN if any), computed on the device.
+void argmax(const float* logits, int n, int* out_index, cudaStream_t s);
 
 // RAII device buffer
 struct DeviceBuffer {

@@ -48,6 +48,12 @@ void launch_matmul(float* out, const float* inp, const void* w, const float* b, 
                    int flags, cudaStream_t s);
 void launch_layernorm(float* out, const float* inp, const float* w, const float* b, int M, int C, float eps,
                       cudaStream_t s);
+// out = matmul(layernorm(inp)). M == 1 (decode): one kernel, the LayerNorm in the GEMV's prologue; ln_out is
+// not written. M > 1 or K > LN_GEMV_MAX_K: layernorm into ln_out [M, K], then matmul.
+constexpr int LN_GEMV_MAX_K = 8192;  // the normalised row in shared memory (32 KB, under the 48 KB default)
+void launch_layernorm_matmul(float* out, const float* inp, const float* ln_w, const float* ln_b, float eps,
+                             float* ln_out, const void* w, const float* b, int M, int N, int K, int wdtype, int flags,
+                             cudaStream_t s);
 // pos0 is read from device memory (d_pos) so a captured graph can be replayed at every position.
 void launch_attention(float* out, const float* qkv, float* kc, float* vc, int T, const int* d_pos, int H, int hd,
                       int n_ctx, float* scratch, cudaStream_t s);

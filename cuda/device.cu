@@ -51,6 +51,10 @@ void matmul(float* out, const float* inp, const void* w, const float* b, int M, 
 void layernorm(float* out, const float* inp, const float* w, const float* b, int M, int C, float eps) {
     if (M > 0) launch_layernorm(out, inp, w, b, M, C, eps, 0);
 }
+void layernorm_matmul(float* out, const float* inp, const float* ln_w, const float* ln_b, float eps, float* ln_out,
+                      const void* w, const float* b, int M, int N, int K, int wdtype, int flags) {
+    launch_layernorm_matmul(out, inp, ln_w, ln_b, eps, ln_out, w, b, M, N, K, wdtype, flags, 0);
+}
 void attention(float* out, const float* qkv, float* kc, float* vc, int T, const int* d_pos, int H, int hd, int n_ctx,
                float* scratch) {
     launch_attention(out, qkv, kc, vc, T, d_pos, H, hd, n_ctx, scratch, 0);

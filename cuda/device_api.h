@@ -19,6 +19,8 @@ const int* position(int pos);
 // Kernel launches on device pointers: asynchronous (launch errors throw at once, faults at synchronize()).
 void matmul(float* out, const float* inp, const void* w, const float* b, int M, int N, int K, int wdtype, int flags);
 void layernorm(float* out, const float* inp, const float* w, const float* b, int M, int C, float eps);
+void layernorm_matmul(float* out, const float* inp, const float* ln_w, const float* ln_b, float eps, float* ln_out,
+                      const void* w, const float* b, int M, int N, int K, int wdtype, int flags);
 void attention(float* out, const float* qkv, float* kc, float* vc, int T, const int* d_pos, int H, int hd, int n_ctx,
                float* scratch);
 size_t attention_scratch_floats(int H, int hd, int n_ctx);

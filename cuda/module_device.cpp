@@ -151,6 +151,29 @@ void bind_device(py::module_& m) {
                             eps);
     }, py::arg("out"), py::arg("inp"), py::arg("w"), py::arg("b"), py::arg("eps") = 1e-5f);
 
+    d.def("layernorm_matmul", [](DeviceArray& out, const DeviceArray& inp, const DeviceArray& ln_w,
+                                 const DeviceArray& ln_b, DeviceArray& ln_out, const DeviceArray& w,
+                                 const DeviceArray* b, int flags, const std::string& wdtype, float eps) {
+        if (inp.shape.size() != 2 || w.shape.size() != 2)
+            throw std::invalid_argument("layernorm_matmul: inp and w must be 2-D");
+        const py::ssize_t M = inp.shape[0], K = inp.shape[1], N = w.shape[0];
+        expect(w, {N, K}, "layernorm_matmul w");
+        expect(out, {M, N}, "layernorm_matmul out");
+        expect(ln_w, {K}, "layernorm_matmul ln_w");
+        expect(ln_b, {K}, "layernorm_matmul ln_b");
+        expect(ln_out, {M, K}, "layernorm_matmul ln_out");
+        for (const DeviceArray* a : std::initializer_list<const DeviceArray*>{&out, &inp, &ln_w, &ln_b, &ln_out})
+            expect_f32(*a, "layernorm_matmul arrays");
+        if (b) expect(*b, {N}, "layernorm_matmul b"), expect_f32(*b, "layernorm_matmul b");
+        if ((flags & 1) && (flags & 2)) throw std::invalid_argument("matmul: GELU with ACCUM is not supported");
+        const int code = weight_code(w, wdtype, "layernorm_matmul w");
+        tgc::dev::layernorm_matmul((float*)out.p, (const float*)inp.p, (const float*)ln_w.p, (const float*)ln_b.p, eps,
+                                   (float*)ln_out.p, w.p, b ? (const float*)b->p : nullptr, (int)M, (int)N, (int)K,
+                                   code, flags);
+    }, py::arg("out"), py::arg("inp"), py::arg("ln_w"), py::arg("ln_b"), py::arg("ln_out"), py::arg("w"),
+       py::arg("b") = nullptr, py::arg("flags") = 0, py::arg("wdtype") = "float32", py::arg("eps") = 1e-5f,
+       "out = matmul(layernorm(inp)); one kernel when M == 1 (ln_out then unused), else layernorm into ln_out");
+
     d.def("attention_scratch_floats", &tgc::dev::attention_scratch_floats, py::arg("n_head"), py::arg("head_dim"),
           py::arg("n_ctx"));
     d.def("attention", [](DeviceArray& out, const DeviceArray& qkv, DeviceArray& kc, DeviceArray& vc, int pos0,

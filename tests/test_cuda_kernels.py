@@ -1,5 +1,5 @@
-"""The CUDA-only kernels and bindings: the device argmax of greedy steps, the split-K decode attention, and
-DeviceArray / _cuda.dev (what the kernel benches time). Each kernel's arithmetic is also emulated in NumPy here
+"""The CUDA-only kernels and bindings: the device argmax of greedy steps, the split-K decode attention, the
+LayerNorm-in-GEMV fusion, and DeviceArray / _cuda.dev (what the kernel benches time). Each kernel's arithmetic is also emulated in NumPy here
 and checked against np.argmax / a float64 reference, so the algorithm is tested on machines without a GPU; the
 device tests skip without one."""
 import math
@@ -162,6 +162,44 @@ def test_decode_steps_reuse_scratch(rng):
         c.dev.attention(out, D(qkv[t:t + 1].copy()), kc, vc, t, H, scratch)
         ref = attention_reference(qkv[t:t + 1], k_all[:, :t], v_all[:, :t], t, H)
         assert rel_err(out.numpy(), ref) <= TOL["attention"], t
+
+
+# -- LayerNorm folded into the GEMV (cuda/matmul.cu launch_layernorm_matmul) ---------------------------------------
+@needs_device
+@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 29), (1, 2304, 768), (1, 50, 1600), (1, 7, 9000), (3, 70, 100)])
+@pytest.mark.parametrize("flags", [0, 1, 2], ids=["plain", "gelu", "accum"])
+def test_layernorm_matmul(rng, M, N, K, wdtype, flags):
+    """out (+)= act(layernorm(x) . W^T + b): one kernel at M == 1 (K = 9000 > LN_GEMV_MAX_K and M > 1 take the
+    two-kernel path); against float64, and at M == 1 against the device's own layernorm then matmul."""
+    from conftest import make_weights, widen
+    from test_matmul import reference as matmul_reference
+    from tinygpt.weights import from_float32
+    c = _cuda()
+    D = c.DeviceArray
+    x = (rng.standard_normal((M, K)) * 3 + 5).astype(np.float32)
+    lw, lb = rng.standard_normal(K).astype(np.float32), rng.standard_normal(K).astype(np.float32)
+    w, _ = make_weights(rng, (N, K), wdtype, 1 / math.sqrt(K))
+    b = rng.standard_normal(N).astype(np.float32)
+    out0 = rng.standard_normal((M, N)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mu = x64.mean(-1, keepdims=True)
+    ln = (x64 - mu) / np.sqrt(((x64 - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * lw + lb
+    d_out, d_w, d_b, d_ln = D(out0), D(w), D(b), D(np.zeros((M, K), np.float32))
+    c.dev.layernorm_matmul(d_out, D(x), D(lw), D(lb), d_ln, d_w, d_b, flags, wdtype)
+    got = d_out.numpy()
+    if M > 1:  # two kernels: ln_out holds the layernorm
+        assert rel_err(d_ln.numpy(), ln) <= TOL["layernorm"]
+        if wdtype != "float32":  # tensor-core GEMM: the activations are rounded to the weights' 16-bit type; round
+            # the device's own layernorm, since a last-bit difference can flip a 16-bit rounding
+            ln = widen(from_float32(d_ln.numpy(), wdtype), wdtype)
+    ref = matmul_reference(ln, widen(w, wdtype).astype(np.float64), b, flags, out0)
+    assert rel_err(got, ref) <= 1e-5
+    if M == 1:
+        d_ln, d_out2 = D(np.zeros((1, K), np.float32)), D(out0)
+        c.dev.layernorm(d_ln, D(x), D(lw), D(lb), 1e-5)
+        c.dev.matmul(d_out2, d_ln, d_w, d_b, flags, wdtype)
+        assert rel_err(got, d_out2.numpy()) <= 1e-6
 
 
 # -- DeviceArray and _cuda.dev bindings ------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 # Writes under $OUT (default ./gpu-out): gpu_check.log (everything printed), build.log, bench.json,
 # RESULTS-gpu.md, summary.txt -- few files, because the GPU machine returns at most 8.
 #   TINYGPT_CUDA_ARCHS (default 90) limits the build to the local GPU; TINYGPT_BENCH_SIZES picks model sizes;
-#   TINYGPT_STEP_TIMEOUT (seconds, default 900) bounds each step; TINYGPT_SKIP_BENCH=1 stops after the tests.
+#   TINYGPT_STEP_TIMEOUT (seconds, default 900) bounds each step; TINYGPT_SKIP_BENCH=1 stops after the tests;
+#   TINYGPT_GPU_SANITIZER=0 runs the kernel tests without compute-sanitizer even where it works.
 set -uo pipefail
 PY=${PY:-python3}
 OUT=${OUT:-$PWD/gpu-out}
@@ -62,6 +63,7 @@ vocab() {  # fail fast here rather than as an ERROR in every model test
 }
 # compute-sanitizer refuses gVisor's device ("Device not supported"); probe it on one tiny kernel first.
 sanitizer_probe() {
+    if [ "${TINYGPT_GPU_SANITIZER:-auto}" = 0 ]; then echo "compute-sanitizer: off (TINYGPT_GPU_SANITIZER=0)"; return 1; fi
     if ! command -v compute-sanitizer >/dev/null; then echo "compute-sanitizer: not on PATH"; return 1; fi
     compute-sanitizer --tool memcheck --error-exitcode 97 $PY -c \
         "import numpy as np; from tinygpt import _cuda; x = np.ones(64, np.float32); _cuda.gelu(x.copy(), x)"
@@ -71,8 +73,9 @@ kernel_tests() {  # own process, first: a faulting kernel leaves a sticky error 
     $SANITIZE $PY -m pytest $KERNEL_TESTS -k cuda -rA -q -p no:cacheprovider --maxfail=10
 }
 racecheck_matmul() {
-    compute-sanitizer --tool racecheck --error-exitcode 97 $PY -m pytest tests/test_matmul.py -k "cuda and not argmax" \
-        -q -p no:cacheprovider --maxfail=3
+    # a few shapes only: racecheck is slow, and the shared-memory tiles are the same at every size
+    compute-sanitizer --tool racecheck --error-exitcode 97 $PY -m pytest tests/test_matmul.py \
+        -k "cuda and plain and (large_k or 64-96-25 or 7-65-129)" -q -p no:cacheprovider --maxfail=3
 }
 model_tests() {
     CI=1 $PY -m pytest tests -rA -q -p no:cacheprovider -k "not test_threads_share" --maxfail=50

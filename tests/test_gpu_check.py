@@ -16,7 +16,7 @@ echo "stub: $*"
 """
 
 
-def run_check(tmp_path, fail=""):
+def run_check(tmp_path, fail="", sanitizer_works=False):
     if shutil.which("bash") is None or shutil.which("timeout") is None:
         pytest.skip("needs bash and coreutils timeout")
     stubs = tmp_path / "bin"
@@ -24,7 +24,9 @@ def run_check(tmp_path, fail=""):
     (stubs / "python3").write_text(STUB_PY)
     (stubs / "nvidia-smi").write_text("#!/bin/sh\necho 'name, driver_version'\necho 'Stub GPU, 0.0'\n")
     (stubs / "nvcc").write_text("#!/bin/sh\necho 'stub nvcc'\n")
-    (stubs / "compute-sanitizer").write_text("#!/bin/sh\necho '========= Error: Device not supported'\nexit 1\n")
+    (stubs / "compute-sanitizer").write_text(
+        '#!/usr/bin/env bash\nwhile [[ $1 == --* ]]; do shift 2; done\nexec "$@"\n' if sanitizer_works else
+        "#!/bin/sh\necho '========= Error: Device not supported'\nexit 1\n")  # as on gVisor
     for f in stubs.iterdir():
         f.chmod(0o755)
     out = tmp_path / "out"
@@ -75,3 +77,11 @@ def test_failing_piped_step_fails_the_check(tmp_path):
     """A step whose command is piped into tail/tee keeps the command's status (pipefail in the step's shell)."""
     rc, summary = run_check(tmp_path, fail="-k avx512")
     assert rc != 0 and line(summary, "AVX-512").endswith("FAILED (exit 1)")
+
+
+def test_sanitizer_steps_where_it_works(tmp_path):
+    rc, summary = run_check(tmp_path, sanitizer_works=True)
+    assert rc == 0 and line(summary, "kernel tests under compute-sanitizer memcheck").endswith("ok")
+    (tmp_path / "race").mkdir()
+    rc, summary = run_check(tmp_path / "race", fail="large_k", sanitizer_works=True)  # the racecheck step's -k
+    assert rc != 0 and line(summary, "matmul under compute-sanitizer racecheck").endswith("FAILED (exit 1)")

@@ -72,10 +72,12 @@ kernel_tests() {  # own process, first: a faulting kernel leaves a sticky error 
     # shellcheck disable=SC2086
     $SANITIZE $PY -m pytest $KERNEL_TESTS -k cuda -rA -q -p no:cacheprovider --maxfail=10
 }
-racecheck_matmul() {
-    # a few shapes only: racecheck is slow, and the shared-memory tiles are the same at every size
-    compute-sanitizer --tool racecheck --error-exitcode 97 $PY -m pytest tests/test_matmul.py \
-        -k "cuda and plain and (large_k or 64-96-25 or 7-65-129)" -q -p no:cacheprovider --maxfail=3
+racecheck() {
+    # the kernels that share memory between threads, a few shapes each (racecheck is slow; the tiles are the same
+    # at every size): GEMM tiles, decode attention (1 to 32 chunks), LayerNorm-GEMV, argmax
+    compute-sanitizer --tool racecheck --error-exitcode 97 $PY -m pytest tests/test_matmul.py tests/test_attention.py \
+        tests/test_cuda_kernels.py -q -p no:cacheprovider --maxfail=3 -k "cuda and (large_k or 64-96-25 or 7-65-129 \
+        or 1-1023-12 or 1-95-2 or 1-31-2 or 2304-768-float16 or argmax_device or reuse_scratch) and not accum"
 }
 model_tests() {
     CI=1 $PY -m pytest tests -rA -q -p no:cacheprovider -k "not test_threads_share" --maxfail=50
@@ -101,7 +103,7 @@ benches() {
         --benchmark-only -k "cuda" --benchmark-json="$OUT/bench.json" 2>&1 | tail -15
 }
 report() { $PY bench/report.py "$OUT/bench.json" | tee "$OUT/RESULTS-gpu.md"; }
-export -f device build cuda_imports vocab sanitizer_probe kernel_tests racecheck_matmul model_tests thread_test \
+export -f device build cuda_imports vocab sanitizer_probe kernel_tests racecheck model_tests thread_test \
     avx512 bandwidth benches report
 
 step "device" device
@@ -115,7 +117,7 @@ if step "build (TINYGPT_CUDA=ON)" build; then
             STATUS[-1]="n/a"
         fi
         step "kernel tests${SANITIZE:+ under compute-sanitizer memcheck}" kernel_tests
-        if [ -n "$SANITIZE" ]; then step "matmul under compute-sanitizer racecheck" racecheck_matmul; fi
+        if [ -n "$SANITIZE" ]; then step "shared-memory kernels under compute-sanitizer racecheck" racecheck; fi
         if step "GPT-2 vocabulary in the tree" vocab; then
             step "model tests (all backends; parity against transformers)" model_tests
             step "thread test (cuda)" thread_test

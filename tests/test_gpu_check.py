@@ -84,4 +84,4 @@ def test_sanitizer_steps_where_it_works(tmp_path):
     assert rc == 0 and line(summary, "kernel tests under compute-sanitizer memcheck").endswith("ok")
     (tmp_path / "race").mkdir()
     rc, summary = run_check(tmp_path / "race", fail="large_k", sanitizer_works=True)  # the racecheck step's -k
-    assert rc != 0 and line(summary, "matmul under compute-sanitizer racecheck").endswith("FAILED (exit 1)")
+    assert rc != 0 and line(summary, "shared-memory kernels under compute-sanitizer racecheck").endswith("FAILED (exit 1)")

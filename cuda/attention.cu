@@ -78,10 +78,11 @@ __global__ void attn_rows_kernel(float* out, const float* qkv, const float* kc, 
     }
 }
 
-__global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(float* __restrict__ out, float* __restrict__ part,
-                                                                   unsigned* __restrict__ counters, const float* qkv,
-                                                                   const float* kc, const float* vc, const int* d_pos,
-                                                                   int H, int hd, int n_ctx, float scale) {
+// part and counters are written and read by different blocks: plain pointers (no __restrict__), reads via __ldcg.
+__global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(float* out, float* part, unsigned* counters,
+                                                                   const float* qkv, const float* kc, const float* vc,
+                                                                   const int* d_pos, int H, int hd, int n_ctx,
+                                                                   float scale) {
     __shared__ float p_s[CHUNK];
     __shared__ float red[DEC_THREADS];
     __shared__ float m_s, l_s;

@@ -3,7 +3,7 @@ over a cache of Tk = 128..1024 (GB/s of KV read)."""
 import numpy as np
 import pytest
 
-from conftest import backend_params, median_s, run_pedantic
+from conftest import CUDA_TIMING, backend_params, cuda_call, median_s, run_pedantic
 from tinygpt.ref.attention import attention as np_attention
 
 H, HD, NCTX = 12, 64, 1024
@@ -17,8 +17,17 @@ def call(impl, out, qkv, kc, vc, pos0):
         from tinygpt import _cpu
         _cpu.attention(out, qkv, kc, vc, pos0, H)
     else:
-        from tinygpt import _cuda
-        _cuda.attention(out, qkv, kc, vc, pos0, H)
+        raise ValueError("cuda attention benches use timed_call (device-resident arrays)")
+
+
+def timed_call(benchmark, impl, out, qkv, kc, vc, pos0):
+    if impl != "cuda":
+        return lambda: call(impl, out, qkv, kc, vc, pos0)
+    from tinygpt import _cuda
+    scratch = np.empty(_cuda.dev.attention_scratch_floats(H, HD, NCTX), np.float32)
+    benchmark.extra_info["timing"] = CUDA_TIMING
+    return cuda_call(lambda o, q, k, v, s, i: _cuda.dev.attention(o, q, k, v, pos0, H, s), out, qkv, kc, vc,
+                     scratch)[0]
 
 
 @pytest.mark.parametrize("T", [64, 512])
@@ -28,7 +37,7 @@ def bench_attention_prefill(benchmark, impl, T):
     qkv = rng.standard_normal((T, 3 * C), np.float32)
     kc, vc = np.zeros((H, NCTX, HD), np.float32), np.zeros((H, NCTX, HD), np.float32)
     out = np.empty((T, C), np.float32)
-    run_pedantic(benchmark, lambda: call(impl, out, qkv, kc, vc, 0))
+    run_pedantic(benchmark, timed_call(benchmark, impl, out, qkv, kc, vc, 0))
     flops = 2 * 2 * H * HD * T * (T + 1) / 2  # q.k and p.v over the causal half
     benchmark.extra_info.update(kernel="attention", mode="prefill", T=T, gflop_s=round(flops / median_s(benchmark) / 1e9, 1))
 
@@ -41,6 +50,6 @@ def bench_attention_decode(benchmark, impl, Tk):
     kc = rng.standard_normal((H, NCTX, HD), np.float32)
     vc = rng.standard_normal((H, NCTX, HD), np.float32)
     out = np.empty((1, C), np.float32)
-    run_pedantic(benchmark, lambda: call(impl, out, qkv, kc, vc, Tk - 1), rounds=50)
+    run_pedantic(benchmark, timed_call(benchmark, impl, out, qkv, kc, vc, Tk - 1), rounds=50)
     benchmark.extra_info.update(kernel="attention", mode="decode", Tk=Tk,
                                 gb_s=round(2 * H * Tk * HD * 4 / median_s(benchmark) / 1e9, 1))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import backend_params, median_s, run_pedantic
+from conftest import CUDA_TIMING, backend_params, cuda_call, median_s, run_pedantic
 from tinygpt.ref.layernorm import layernorm as np_layernorm
 
 
@@ -16,6 +16,10 @@ def bench_layernorm(benchmark, impl, M):
     out = np.empty_like(x)
     if impl == "numpy":
         fn = lambda: np_layernorm(out, x, w, b, 1e-5)  # noqa: E731
+    elif impl == "cuda":
+        from tinygpt import _cuda
+        fn = cuda_call(lambda o, xx, ww, bb, i: _cuda.dev.layernorm(o, xx, ww, bb, 1e-5), out, x, w, b)[0]
+        benchmark.extra_info["timing"] = CUDA_TIMING
     else:
         import importlib
         mod = importlib.import_module(f"tinygpt._{impl}")

@@ -56,6 +56,26 @@ def model_dir(tmp_path_factory):
     return make
 
 
+CUDA_TIMING = "one launch on device-resident arrays + a device sync per call (floor: bench_cuda_launch_floor)"
+
+
+def cuda_call(launch, *arrays):
+    """A timed call for a CUDA kernel bench: `arrays` (NumPy, or lists of them) are copied to the device once,
+    here, outside the timing; each call launches the kernel on the device copies (launch(*device_arrays, i) with
+    i the call's number) and waits for it, so the time is the kernel's plus one launch and one sync, never a
+    host-device copy. Returns (fn, device arrays)."""
+    import itertools
+
+    from tinygpt import _cuda
+    dev = [[_cuda.DeviceArray(x) for x in a] if isinstance(a, list) else _cuda.DeviceArray(a) for a in arrays]
+    count = itertools.count()
+
+    def fn():
+        launch(*dev, next(count))
+        _cuda.dev.synchronize()
+    return fn, dev
+
+
 def run_pedantic(benchmark, fn, setup=None, rounds=ROUNDS):
     return benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
 

@@ -49,6 +49,12 @@ void launch_matmul(float* out, const float* inp, const void* w, const float* b, 
                    int flags, cudaStream_t s);
 void launch_layernorm(float* out, const float* inp, const float* w, const float* b, int M, int C, float eps,
                       cudaStream_t s);
+// out = matmul(layernorm(inp)). M == 1 (decode): one kernel, the LayerNorm in the GEMV's prologue; ln_out is
+// not written. M > 1 or K > LN_GEMV_MAX_K: layernorm into ln_out [M, K], then matmul.
+constexpr int LN_GEMV_MAX_K = 8192;  // the normalised row in shared memory (32 KB, under the 48 KB default)
+void launch_layernorm_matmul(float* out, const float* inp, const float* ln_w, const float* ln_b, float eps,
+                             float* ln_out, const void* w, const float* b, int M, int N, int K, int wdtype, int flags,
+                             cudaStream_t s);
 // pos0 is read from device memory (d_pos) so a captured graph can be replayed at every position.
 void launch_attention(float* out, const float* qkv, float* kc, float* vc, int T, const int* d_pos, int H, int hd,
                       int n_ctx, float* scratch, cudaStream_t s);
@@ -56,6 +62,8 @@ size_t attention_scratch_floats(int H, int hd, int n_ctx);
 void launch_gelu(float* out, const float* inp, int64_t n, cudaStream_t s);
 void launch_embedding(float* out, const int32_t* tokens, const void* wte, const float* wpe, int T, int C,
                       const int* d_pos, int wdtype, cudaStream_t s);
+// Greedy step: out_index[0] = np.argmax(logits[:n]) (first max; the first NaN if any), computed on the device.
+void argmax(const float* logits, int n, int* out_index, cudaStream_t s);
 
 // RAII device buffer
 struct DeviceBuffer {

@@ -41,11 +41,10 @@ __device__ __forceinline__ float dot16(const __nv_bfloat16* w, const float* x) {
     return dot16_half<__nv_bfloat162>(w, x, [](__nv_bfloat162 h) { return __bfloat1622float2(h); });
 }
 
+// One output row per warp: lanes stride over K (16-byte loads when vec), then a warp reduction.
 template <typename WT>
-__global__ void gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const WT* __restrict__ W,
-                            const float* __restrict__ b, int N, int K, int flags, bool vec) {
-    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (row >= N) return;
+__device__ __forceinline__ void gemv_row(float* __restrict__ out, const float* __restrict__ x, const WT* __restrict__ W,
+                                         const float* __restrict__ b, int row, int K, int flags, bool vec, int lane) {
     const WT* w = W + (int64_t)row * K;
     float acc = 0.f;
     if (vec) {
@@ -57,6 +56,41 @@ __global__ void gemv_kernel(float* __restrict__ out, const float* __restrict__ x
     }
     acc = warp_sum(acc);
     if (lane == 0) store(out, row, epilogue(acc, b, row, flags), flags);
+}
+
+template <typename WT>
+__global__ void gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const WT* __restrict__ W,
+                            const float* __restrict__ b, int N, int K, int flags, bool vec) {
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row < N) gemv_row(out, x, W, b, row, K, flags, vec, lane);
+}
+
+// LayerNorm folded into the GEMV's prologue (decode): every block normalises the one input row into shared
+// memory (the row is in L2, a few KB), with layernorm_kernel's arithmetic, then runs the GEMV on it. Saves the
+// LayerNorm launch and its output's round trip.
+template <typename WT>
+__global__ void ln_gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const float* __restrict__ lw,
+                               const float* __restrict__ lb, float eps, const WT* __restrict__ W,
+                               const float* __restrict__ b, int N, int K, int flags, bool vec) {
+    extern __shared__ float4 xs4[];  // K floats, 16-byte aligned for the vector path
+    float* xs = reinterpret_cast<float*>(xs4);
+    __shared__ float stats[2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (warp == 0) {
+        float s = 0.f;
+        for (int c = lane; c < K; c += 32) s += x[c];
+        const float mean = warp_sum(s) / K;
+        float v = 0.f;
+        for (int c = lane; c < K; c += 32) v += (x[c] - mean) * (x[c] - mean);
+        const float rstd = rsqrtf(warp_sum(v) / K + eps);
+        if (lane == 0) stats[0] = mean, stats[1] = rstd;
+    }
+    __syncthreads();
+    const float mean = stats[0], rstd = stats[1];
+    for (int c = threadIdx.x; c < K; c += blockDim.x) xs[c] = (x[c] - mean) * rstd * lw[c] + lb[c];
+    __syncthreads();
+    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (row < N) gemv_row(out, xs, W, b, row, K, flags, vec, lane);
 }
 
 constexpr int TM = 64, TN = 64, TK = 16;
@@ -169,7 +203,33 @@ void launch_t(float* out, const float* inp, const WT* w, const float* b, int M, 
     TGC_LAUNCHED("matmul");
 }
 
+template <typename WT>
+void launch_ln_gemv(float* out, const float* inp, const float* lw, const float* lb, float eps, const WT* w,
+                    const float* b, int N, int K, int flags, cudaStream_t s) {
+    const bool vec = (K % (16 / (int)sizeof(WT)) == 0) && ((uintptr_t)w % 16 == 0);
+    const int threads = 256, rows_per_block = threads / 32;
+    ln_gemv_kernel<WT><<<(N + rows_per_block - 1) / rows_per_block, threads, (size_t)K * sizeof(float), s>>>(
+        out, inp, lw, lb, eps, w, b, N, K, flags, vec);
+    TGC_LAUNCHED("layernorm+matmul");
+}
+
 }  // namespace
+
+void launch_layernorm_matmul(float* out, const float* inp, const float* ln_w, const float* ln_b, float eps,
+                             float* ln_out, const void* w, const float* b, int M, int N, int K, int wdtype, int flags,
+                             cudaStream_t s) {
+    if (M < 1 || N < 1) return;
+    if (M > 1 || K > LN_GEMV_MAX_K) {  // prefill, or a row too wide for shared memory: the two kernels
+        launch_layernorm(ln_out, inp, ln_w, ln_b, M, K, eps, s);
+        launch_matmul(out, ln_out, w, b, M, N, K, wdtype, flags, s);
+    } else if (wdtype == F32) {
+        launch_ln_gemv(out, inp, ln_w, ln_b, eps, (const float*)w, b, N, K, flags, s);
+    } else if (wdtype == F16) {
+        launch_ln_gemv(out, inp, ln_w, ln_b, eps, (const __half*)w, b, N, K, flags, s);
+    } else {
+        launch_ln_gemv(out, inp, ln_w, ln_b, eps, (const __nv_bfloat16*)w, b, N, K, flags, s);
+    }
+}
 
 void launch_matmul(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void* w /*[N,K]*/, const float* b /*[N]*/,
                    int M, int N, int K, int wdtype, int flags, cudaStream_t s) {

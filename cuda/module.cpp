@@ -10,6 +10,8 @@
 namespace py = pybind11;
 using namespace tgbind;
 
+void bind_device(py::module_& m);  // module_device.cpp: DeviceArray, _cuda.dev, argmax
+
 // bind_util's dtype codes, less int8 (weight-only int8 is a cpu-backend feature).
 static int cuda_dtype_code(const std::string& name) {
     const int code = dtype_code(name);
@@ -41,6 +43,8 @@ PYBIND11_MODULE(_cuda, m) {
         d["architectures"] = TG_CUDA_ARCHS;
         return d;
     });
+
+    bind_device(m);
 
     m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype) {
         const auto [M, N, K] = check_matmul(out, inp, w, flags);

@@ -86,6 +86,45 @@ class CudaKernels:
         return getattr(self.mod, fn)
 
 
+class CudaDeviceKernels:
+    """The cuda kernels through DeviceArray and _cuda.dev, the path the kernel benches time: upload, launch,
+    download (which waits for the kernel)."""
+    name = "cuda-dev"
+
+    def __init__(self, mod):
+        self.mod = mod
+
+    def matmul(self, out, inp, w, b=None, flags=0, wdtype="float32"):
+        D = self.mod.DeviceArray
+        d_out = D(out)
+        self.mod.dev.matmul(d_out, D(inp), D(w), None if b is None else D(b), flags, wdtype)
+        d_out.download(out)
+
+    def layernorm(self, out, inp, w, b, eps=1e-5):
+        D = self.mod.DeviceArray
+        d_out = D(out)
+        self.mod.dev.layernorm(d_out, D(inp), D(w), D(b), eps)
+        d_out.download(out)
+
+    def attention(self, out, qkv, k_cache, v_cache, pos0, n_head):
+        D = self.mod.DeviceArray
+        H, n_ctx, hd = k_cache.shape
+        scratch = D(np.empty(self.mod.dev.attention_scratch_floats(H, hd, n_ctx), np.float32))
+        d = [D(a) for a in (out, k_cache, v_cache)]
+        self.mod.dev.attention(d[0], D(qkv), d[1], d[2], pos0, n_head, scratch)
+        for dev, host in zip(d, (out, k_cache, v_cache)):
+            dev.download(host)
+
+    def gelu(self, out, inp):
+        D = self.mod.DeviceArray
+        d_out = D(out)
+        self.mod.dev.gelu(d_out, D(inp))
+        d_out.download(out)
+
+    def embedding(self, *a, **k):
+        pytest.skip("no DeviceArray embedding binding (no bench times it)")
+
+
 def _kernel_params():
     params = [pytest.param(NumpyKernels(), id="numpy")]
     ok, why = backends.status()["cpu"]
@@ -105,8 +144,10 @@ def _kernel_params():
     if ok:
         from tinygpt import _cuda
         params.append(pytest.param(CudaKernels(_cuda), id="cuda"))
+        params.append(pytest.param(CudaDeviceKernels(_cuda), id="cuda-dev"))
     else:
         params.append(pytest.param(None, id="cuda", marks=pytest.mark.skip(reason=why)))
+        params.append(pytest.param(None, id="cuda-dev", marks=pytest.mark.skip(reason=why)))
     return params
 
 

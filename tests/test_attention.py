@@ -23,7 +23,8 @@ def reference(qkv, k_prev, v_prev, pos0, H):
 
 @pytest.mark.parametrize("T,pos0,H,hd,n_ctx", [
     (1, 0, 1, 1, 4), (1, 0, 2, 8, 16), (5, 0, 3, 7, 8), (17, 0, 4, 16, 32), (64, 0, 12, 64, 64),
-    (1, 1023, 12, 64, 1024), (1, 300, 5, 20, 512), (9, 40, 2, 64, 64), (33, 100, 3, 24, 160)])
+    (1, 1023, 12, 64, 1024), (1, 300, 5, 20, 512), (9, 40, 2, 64, 64), (33, 100, 3, 24, 160),
+    (1, 31, 2, 8, 64), (1, 32, 2, 8, 64), (1, 95, 2, 128, 96)])  # decode at 1-, 2- and 3-chunk edges; hd 128
 def test_attention(kern, rng, T, pos0, H, hd, n_ctx):
     C = H * hd
     qkv = rng.standard_normal((T, 3 * C)).astype(np.float32)

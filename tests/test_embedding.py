@@ -8,7 +8,7 @@ from conftest import make_weights, rel_err, widen
 @pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16", "int8"])
 @pytest.mark.parametrize("T,C,pos0", [(1, 5, 0), (7, 33, 3), (16, 64, 100)])
 def test_embedding(kern, rng, wdtype, T, C, pos0):
-    if wdtype == "int8" and kern.name == "cuda":
+    if wdtype == "int8" and kern.name.startswith("cuda"):
         pytest.skip("int8 weights are cpu-only")
     V, P = 1000, 128
     wte, scale = make_weights(rng, (V, C), wdtype)

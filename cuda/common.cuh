@@ -47,6 +47,9 @@ using tg::GELU;
 // Launchers (stream-ordered, no sync). Shapes as in csrc/common.h.
 void launch_matmul(float* out, const float* inp, const void* w, const float* b, int M, int N, int K, int wdtype,
                    int flags, cudaStream_t s);
+// Every row with the M == 1 GEMV's arithmetic (batched decode rows: a row's value never depends on M).
+void launch_matmul_rows(float* out, const float* inp, const void* w, const float* b, int M, int N, int K, int wdtype,
+                        int flags, cudaStream_t s);
 void launch_layernorm(float* out, const float* inp, const float* w, const float* b, int M, int C, float eps,
                       cudaStream_t s);
 // out = matmul(layernorm(inp)). M == 1 (decode): one kernel, the LayerNorm in the GEMV's prologue; ln_out is

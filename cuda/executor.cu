@@ -203,7 +203,7 @@ struct CudaOps {
     const Config& c;
     const tg::Weights& w;
     const BatchItem* items;
-    int n_items;
+    int n_items, rows;
     const std::vector<int>& row0;
     Scratch s;
     float* attn_scratch;
@@ -218,8 +218,26 @@ struct CudaOps {
     void layernorm(float* out, const float* in, const WeightRef& g, const WeightRef& b, int M) {
         launch_layernorm(out, in, g.f32(), b.f32(), M, c.n_embd, c.eps, st);
     }
+    // Row invariance: a sequence's rows take the arithmetic its own chunk size picks (one new token: the GEMV's;
+    // more: the GEMM's), never the batch's total M. Consecutive items of one kind share a launch.
     void matmul(float* out, const float* in, const WeightRef& W, const WeightRef* b, int M, int flags) {
-        launch_matmul(out, in, W.ptr, b ? b->f32() : nullptr, M, (int)W.rows, (int)W.cols, W.dtype, flags, st);
+        const int N = (int)W.rows, K = (int)W.cols;
+        const float* bp = b ? b->f32() : nullptr;
+        if (M != rows) {  // the head over gathered output rows: one GEMV per row
+            launch_matmul_rows(out, in, W.ptr, bp, M, N, K, W.dtype, flags, st);
+            return;
+        }
+        for (int i = 0; i < n_items;) {
+            const bool one = items[i].n == 1;
+            int j = i, r = 0;
+            while (j < n_items && (items[j].n == 1) == one) r += items[j++].n;
+            const int64_t r0 = row0[i];
+            if (one)
+                launch_matmul_rows(out + r0 * N, in + r0 * K, W.ptr, bp, r, N, K, W.dtype, flags, st);
+            else
+                launch_matmul(out + r0 * N, in + r0 * K, W.ptr, bp, r, N, K, W.dtype, flags, st);
+            i = j;
+        }
     }
     void attention(float* out, const float* qkv, int layer, int i) {
         SequenceImpl& q = *items[i].seq->impl;
@@ -288,13 +306,13 @@ void forward(const Engine& eng, const BatchItem* items, int n_items, float* h_lo
         if (!s.graph) {
             s.step_act = DeviceBuffer((size_t)act_floats(c, 1) * 4);
             s.step_logits = DeviceBuffer((size_t)V * 4);
-            s.step_io = DeviceBuffer(2 * sizeof(int));
-            TGC_CHECK(cudaMallocHost((void**)&s.h_io, 2 * sizeof(int)));
+            s.step_io = DeviceBuffer(3 * sizeof(int));  // token, position, argmax
+            TGC_CHECK(cudaMallocHost((void**)&s.h_io, 3 * sizeof(int)));
             TGC_CHECK(cudaMallocHost((void**)&s.h_logits, (size_t)V * 4));
             BatchItem one = items[0];
             one.want = tg::WANT_LAST;
             const std::vector<int> r0{0};
-            CudaOps ops{c, E.w, &one, 1, r0, {}, E.attn_scratch.as<float>(), E.stream, {{0, 1}}};
+            CudaOps ops{c, E.w, &one, 1, 1, r0, {}, E.attn_scratch.as<float>(), E.stream, {{0, 1}}};
             carve(ops.s, c, s.step_act.as<float>(), 1);
             ops.s.logits = s.step_logits.as<float>(), ops.s.tokens = s.step_io.as<int32_t>();
             ops.s.pos = s.step_io.as<int>() + 1;
@@ -314,18 +332,22 @@ void forward(const Engine& eng, const BatchItem* items, int n_items, float* h_lo
         s.h_io[1] = s.pos_;
         TGC_CHECK(cudaMemcpyAsync(s.step_io.p, s.h_io, 2 * sizeof(int), cudaMemcpyHostToDevice, E.stream));
         TGC_CHECK(cudaGraphLaunch(s.graph, E.stream));
-        TGC_CHECK(cudaMemcpyAsync(s.h_logits, s.step_logits.p, V * 4, cudaMemcpyDeviceToHost, E.stream));
-        TGC_CHECK(cudaStreamSynchronize(E.stream));
         if (items[0].want == tg::WANT_LAST) {
+            TGC_CHECK(cudaMemcpyAsync(s.h_logits, s.step_logits.p, V * 4, cudaMemcpyDeviceToHost, E.stream));
+            TGC_CHECK(cudaStreamSynchronize(E.stream));
             std::memcpy(h_logits, s.h_logits, V * 4);
-        } else {
-            h_argmax[0] = tg::first_argmax(s.h_logits, (int)V);
+        } else {  // greedy: the argmax on the device, 4 bytes back instead of the logits row
+            argmax(s.step_logits.as<float>(), (int)V, s.step_io.as<int>() + 2, E.stream);
+            TGC_CHECK(cudaMemcpyAsync(s.h_io + 2, s.step_io.as<int>() + 2, sizeof(int), cudaMemcpyDeviceToHost, E.stream));
+            TGC_CHECK(cudaStreamSynchronize(E.stream));
+            h_argmax[0] = s.h_io[2];
             h_n_exact[0] = (int32_t)V;
         }
         s.pos_ += 1;
         return;
     }
-    CudaOps ops{c, E.w, items, n_items, row0, {}, E.attn_scratch.as<float>(), E.stream, output_ranges(items, n_items, row0)};
+    CudaOps ops{c, E.w, items, n_items, (int)rows, row0, {}, E.attn_scratch.as<float>(), E.stream,
+                output_ranges(items, n_items, row0)};
     int64_t n_out = 0;
     for (auto [r, n] : ops.out_ranges) n_out += n;
     grow(E.act, E.act_rows, act_floats(c, rows), 4);
@@ -343,15 +365,17 @@ void forward(const Engine& eng, const BatchItem* items, int n_items, float* h_lo
     TGC_CHECK(cudaMemcpyAsync(ops.s.tokens, tok.data(), (size_t)rows * 4, cudaMemcpyHostToDevice, E.stream));
     TGC_CHECK(cudaMemcpyAsync(ops.s.pos, pos.data(), (size_t)n_items * 4, cudaMemcpyHostToDevice, E.stream));
     tg::gpt2_forward(ops, c, E.w, (int)rows, n_items);
-    const int64_t nl = tg::logit_rows(items, n_items);
-    std::vector<float> arg((size_t)(n_out - nl) * V);
+    const int64_t nl = tg::logit_rows(items, n_items), na = n_out - nl;
     if (nl) TGC_CHECK(cudaMemcpyAsync(h_logits, ops.s.logits, (size_t)nl * V * 4, cudaMemcpyDeviceToHost, E.stream));
-    if (n_out > nl)
-        TGC_CHECK(cudaMemcpyAsync(arg.data(), ops.s.logits + nl * V, arg.size() * 4, cudaMemcpyDeviceToHost, E.stream));
+    std::vector<int> best((size_t)na);
+    if (na) {  // greedy rows: argmax on the device, one int back per row (the tokens buffer is free by now)
+        for (int64_t a = 0; a < na; a++) argmax(ops.s.logits + (nl + a) * V, (int)V, ops.s.tokens + a, E.stream);
+        TGC_CHECK(cudaMemcpyAsync(best.data(), ops.s.tokens, (size_t)na * 4, cudaMemcpyDeviceToHost, E.stream));
+    }
     TGC_CHECK(cudaStreamSynchronize(E.stream));
     for (int i = 0, a = 0; i < n_items; i++)
         if (items[i].want == tg::WANT_ARGMAX) {
-            h_argmax[i] = tg::first_argmax(arg.data() + (size_t)(a++) * V, (int)V);
+            h_argmax[i] = best[a++];
             h_n_exact[i] = (int32_t)V;
         }
     for (int i = 0; i < n_items; i++) items[i].seq->impl->pos_ += items[i].n;

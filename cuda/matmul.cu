@@ -58,11 +58,12 @@ __device__ __forceinline__ void gemv_row(float* __restrict__ out, const float* _
     if (lane == 0) store(out, row, epilogue(acc, b, row, flags), flags);
 }
 
+// blockIdx.y: the input row (of M), each with exactly the M == 1 arithmetic (row-invariant batched decode).
 template <typename WT>
 __global__ void gemv_kernel(float* __restrict__ out, const float* __restrict__ x, const WT* __restrict__ W,
                             const float* __restrict__ b, int N, int K, int flags, bool vec) {
     const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (row < N) gemv_row(out, x, W, b, row, K, flags, vec, lane);
+    if (row < N) gemv_row(out + (int64_t)blockIdx.y * N, x + (int64_t)blockIdx.y * K, W, b, row, K, flags, vec, lane);
 }
 
 // LayerNorm folded into the GEMV's prologue (decode): every block normalises the one input row into shared
@@ -188,11 +189,13 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(float* __restrict__ out,
 }
 
 template <typename WT>
-void launch_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags, cudaStream_t s) {
-    if (M == 1) {
+void launch_t(float* out, const float* inp, const WT* w, const float* b, int M, int N, int K, int flags, cudaStream_t s,
+              bool rows = false) {
+    if (M == 1 || rows) {
         const bool vec = (K % (16 / (int)sizeof(WT)) == 0) && ((uintptr_t)w % 16 == 0) && ((uintptr_t)inp % 16 == 0);
         const int threads = 256, rows_per_block = threads / 32;
-        gemv_kernel<WT><<<(N + rows_per_block - 1) / rows_per_block, threads, 0, s>>>(out, inp, w, b, N, K, flags, vec);
+        dim3 grid((N + rows_per_block - 1) / rows_per_block, M);
+        gemv_kernel<WT><<<grid, threads, 0, s>>>(out, inp, w, b, N, K, flags, vec);
     } else if constexpr (sizeof(WT) == 2) {
         dim3 grid((N + WN - 1) / WN, (M + WM - 1) / WM);
         gemm_wmma_kernel<WT><<<grid, 128, 0, s>>>(out, inp, w, b, M, N, K, flags);
@@ -239,6 +242,17 @@ void launch_matmul(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void*
         launch_t(out, inp, (const __half*)w, b, M, N, K, flags, s);
     else
         launch_t(out, inp, (const __nv_bfloat16*)w, b, M, N, K, flags, s);
+}
+
+void launch_matmul_rows(float* out /*[M,N]*/, const float* inp /*[M,K]*/, const void* w /*[N,K]*/,
+                        const float* b /*[N]*/, int M, int N, int K, int wdtype, int flags, cudaStream_t s) {
+    if (M < 1 || N < 1) return;
+    if (wdtype == F32)
+        launch_t(out, inp, (const float*)w, b, M, N, K, flags, s, true);
+    else if (wdtype == F16)
+        launch_t(out, inp, (const __half*)w, b, M, N, K, flags, s, true);
+    else
+        launch_t(out, inp, (const __nv_bfloat16*)w, b, M, N, K, flags, s, true);
 }
 
 }  // namespace tgc

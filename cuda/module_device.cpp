@@ -75,10 +75,10 @@ void expect_f32(const DeviceArray& a, const char* name) {
 int weight_code(const DeviceArray& w, const std::string& wdtype, const char* name) {
     const int code = dtype_code(wdtype);
     const char kind = w.dtype.kind();
-    const bool ok = (code == tgplan::F32 && w.dtype.is(py::dtype::of<float>())) ||
-                    (code == tgplan::F16 && kind == 'f' && w.dtype.itemsize() == 2) ||
-                    (code == tgplan::BF16 && kind == 'u' && w.dtype.itemsize() == 2);
-    if (code == tgplan::I8) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
+    const bool ok = (code == tg::F32 && w.dtype.is(py::dtype::of<float>())) ||
+                    (code == tg::F16 && kind == 'f' && w.dtype.itemsize() == 2) ||
+                    (code == tg::BF16 && kind == 'u' && w.dtype.itemsize() == 2);
+    if (code == tg::I8) throw std::invalid_argument("int8 weights are supported by the cpu backend only");
     if (!ok)
         throw std::invalid_argument(std::string(name) + ": dtype " + std::string(py::str(w.dtype)) +
                                     " does not match weight dtype " + wdtype);

@@ -194,7 +194,9 @@ def test_allow_special_in_generate(tiny_dir):
     want = m.generate([50256, *m.tokenizer.encode("Hi")], max_new_tokens=5, temperature=0)
     r = run("generate", "<|endoftext|>Hi", "-m", tiny_dir, "--backend", "numpy", "-n", 5, "--greedy",
             "--allow-special")
-    assert r.stdout == want + "\n"
+    assert r.stdout == want + "\n" and r.stderr == ""
+    r = run("generate", "<|endoftext|>Hi", "-m", tiny_dir, "--backend", "numpy", "-n", 5, "--greedy")
+    assert r.returncode == 0 and r.stderr.count("\n") == 1 and "--allow-special" in r.stderr
 
 
 def test_tokenize_stdin_and_decode_formats(tiny_dir):

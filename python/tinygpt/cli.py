@@ -202,6 +202,9 @@ def _prompt(a) -> str:
 def _cmd_generate(a) -> int:
     from .model import load
     prompt = _prompt(a)
+    if "<|endoftext|>" in prompt and not a.allow_special:
+        print("tinygpt: note: <|endoftext|> in the prompt is plain text; --allow-special makes it token 50256",
+              file=sys.stderr)
     progress = _progress_printer() if sys.stderr.isatty() else None
     model = load(a.model, a.backend, dtype=a.dtype, threads=a.threads, offline=a.offline, cache_dir=a.cache_dir,
                  revision=a.revision, progress=progress)

@@ -212,3 +212,32 @@ def test_tokenize_stdin_and_decode_formats(tiny_dir):
                      ("-3", "outside the vocabulary"), ("[true]", "JSON list")]:
         r = run("tokenize", "--decode", ids, "-m", tiny_dir)
         assert r.returncode == 1 and msg in r.stderr and r.stderr.count("\n") == 1, (ids, r.stderr)
+
+
+def test_generate_file_batch(tiny_dir, tmp_path):
+    """-f FILE: several lines run as one batch (JSONL out, file order, each text equal to its single call); a .jsonl
+    file carries options per prompt; a one-line file is one prompt streamed as text (llama.cpp's -f)."""
+    m = tinygpt.load(tiny_dir)
+    prompts = ["Hello world", "The quick brown fox jumps", "A"]
+    f = tmp_path / "prompts.txt"
+    f.write_text("\n".join(prompts) + "\n\n")
+    r = run("generate", "-m", tiny_dir, "-f", f, "-n", 6, "--greedy")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["index"] for x in rows] == [0, 1, 2]
+    assert [x["text"] for x in rows] == [m.generate(p, max_new_tokens=6, temperature=0) for p in prompts]
+    j = tmp_path / "prompts.jsonl"
+    j.write_text(json.dumps({"prompt": "Hello", "max_new_tokens": 3, "seed": 4, "n": 2}) + "\n" +
+                 json.dumps("Bye") + "\n")
+    r = run("generate", "-m", tiny_dir, "-f", j, "-n", 5)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(x["index"], x["sample"], len(x["tokens"])) for x in rows] == [(0, 0, 3), (0, 1, 3), (1, 0, 5)]
+    assert [x["text"] for x in rows[:2]] == m.generate("Hello", n=2, max_new_tokens=3, seed=4)
+    one = tmp_path / "one.txt"
+    one.write_text("Hello world\n")
+    r = run("generate", "-m", tiny_dir, "-f", one, "-n", 6, "--greedy")
+    assert r.stdout == m.generate("Hello world", max_new_tokens=6, temperature=0) + "\n"
+    j.write_text("{not json\n")
+    r = run("generate", "-m", tiny_dir, "-f", j)
+    assert r.returncode == 1 and r.stderr.startswith("tinygpt: error:") and "not JSON" in r.stderr

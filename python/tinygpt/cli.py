@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-p", "--prompt", dest="prompt_opt", default=None, metavar="TEXT",
                    help="the prompt, as an option (llama.cpp)")
     g.add_argument("-f", "--file", default=None, metavar="FILE",
-                   help="read the prompt from FILE, one prompt, one trailing newline dropped (llama.cpp)")
+                   help="prompts from FILE: a one-line file is one prompt (llama.cpp's -f; the text streams to "
+                        "stdout); several lines are one prompt each, and FILE.jsonl holds one JSON object per line "
+                        "({\"prompt\": ..., plus any option}): these run as one batch and print JSONL, one result "
+                        "per line")
+    g.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="the whole of FILE is one prompt (a multi-line prompt), one trailing newline dropped")
     _add_model_args(g)
     g.add_argument("-n", "--max-new-tokens", "--n-predict", "--predict", "--max-tokens", type=int, default=128,
                    dest="max_new_tokens", metavar="N",
@@ -186,12 +191,36 @@ def _read_text(path: str | None) -> str:
         raise TinyGPTError(f"{what} is not UTF-8 text (byte {e.start})") from None
 
 
+def _batch_requests(a) -> list | None:
+    """-f FILE as a batch: [(prompt, per-prompt options)], or None when FILE is one prompt."""
+    if a.file is None:
+        return None
+    text = _read_text(a.file)
+    if a.file.endswith(".jsonl"):
+        reqs = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise TinyGPTError(f"{a.file}:{no}: not JSON ({e})") from None
+            if isinstance(obj, str):
+                obj = {"prompt": obj}
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), (str, list)):
+                raise TinyGPTError(f"{a.file}:{no}: expected a string or an object with a \"prompt\" string or ids")
+            reqs.append((obj.pop("prompt"), obj))
+        return reqs
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return [(ln, {}) for ln in lines] if len(lines) > 1 else None
+
+
 def _prompt(a) -> str:
-    given = [x for x in (a.prompt, a.prompt_opt, a.file) if x is not None]
+    given = [x for x in (a.prompt, a.prompt_opt, a.file, a.prompt_file) if x is not None]
     if len(given) > 1:
-        raise TinyGPTError("give the prompt once: PROMPT, -p TEXT or -f FILE")
-    if a.file is not None:
-        text = _read_text(a.file)
+        raise TinyGPTError("give the prompt once: PROMPT, -p TEXT, -f FILE or --prompt-file FILE")
+    if a.file is not None or a.prompt_file is not None:
+        text = _read_text(a.file if a.file is not None else a.prompt_file)
         return text[:-1] if text.endswith("\n") else text  # as llama.cpp's -f: editors end files with one
     prompt = a.prompt if a.prompt is not None else a.prompt_opt
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
@@ -199,9 +228,36 @@ def _prompt(a) -> str:
     return prompt or ""
 
 
+def _generate_batch(a, model, batch, opts) -> int:
+    """Every prompt of the file in one batch; one JSON line per sequence, in file order."""
+    reqs = [(p, {**opts, **o}) for p, o in batch]
+    run = model.run_batch(reqs)
+    for _ in run:
+        pass
+    i = 0
+    for p_index, (_, o) in enumerate(reqs):
+        for j in range(o.get("n", 1)):
+            r = run.results[i]
+            sys.stdout.write(json.dumps({"index": p_index, "sample": j, "text": r.text, "tokens": r.tokens,
+                                         "finish_reason": r.finish_reason, "seed": r.seed}, ensure_ascii=False) + "\n")
+            i += 1
+    sys.stdout.flush()
+    if a.timings:
+        steps = max(r.timings.decode_steps for r in run.results) if run.results else 0
+        secs = max(r.timings.decode_s for r in run.results) if run.results else 0.0
+        toks = sum(r.timings.decode_steps for r in run.results)
+        print(f"batch: {len(run.results)} sequences, {steps} steps, decode {toks} tokens in {secs * 1e3:.1f} ms "
+              f"({toks / secs if secs else 0.0:.1f} tok/s aggregate) [{model.backend_name}, {model.dtype}]",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_generate(a) -> int:
     from .model import load
-    prompt = _prompt(a)
+    batch = _batch_requests(a)
+    prompt = "" if batch is not None else _prompt(a)
+    if batch is not None and any(x is not None for x in (a.prompt, a.prompt_opt, a.prompt_file)):
+        raise TinyGPTError("give the prompt once: PROMPT, -p TEXT, -f FILE or --prompt-file FILE")
     if "<|endoftext|>" in prompt and not a.allow_special:
         print("tinygpt: note: <|endoftext|> in the prompt is plain text; --allow-special makes it token 50256",
               file=sys.stderr)
@@ -217,6 +273,8 @@ def _cmd_generate(a) -> int:
                 frequency_penalty=a.frequency_penalty, logit_bias=bias, seed=a.seed, stop=a.stop,
                 ignore_eos=a.ignore_eos, context_overflow=a.context_overflow,
                 allowed_special="all" if a.allow_special else ())
+    if batch is not None:
+        return _generate_batch(a, model, batch, opts)
     stream = model.stream(prompt, **opts)
     out = sys.stdout
     if a.no_stream:

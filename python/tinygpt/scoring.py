@@ -91,8 +91,10 @@ def _windows(model, seq: list[int], context: int, stride: int, progress):
     total, done = len(seq) - 1, 0
     for begin, end, start in plan:
         logits = model.logits(seq[begin:end])
-        yield start, logits[start - begin:end - begin], np.asarray(seq[start + 1:end + 1], np.int64)
+        rows = logits[start - begin:end - begin]
         del logits
+        yield start, rows, np.asarray(seq[start + 1:end + 1], np.int64)
+        del rows
         done += end - start
         if progress is not None:
             progress(done, total)
@@ -153,7 +155,8 @@ class TokenScore(NamedTuple):
 
 @dataclass
 class TokenScores:
-    """Per-token results of Model.score; index it for one TokenScore. Arrays are aligned with `ids`.
+    """Per-token results of Model.score; index it for one TokenScore. Arrays are aligned with `ids`. `text` is
+    the scored text: the input str (lone surrogates become U+FFFD, as the tokenizer encodes them) or the decoded ids.
 
     A token that is not scored (the first one when prefix_eot=False) has logprob NaN, rank 0, top ids -1.
     `pieces` concatenate to `text`; text[offset:offset + len(piece)] == piece. A token that ends inside a multi-byte
@@ -179,10 +182,10 @@ class TokenScores:
 
     def __getitem__(self, i: int) -> TokenScore:
         ok = self.ranks[i] > 0
-        top = [(int(t), self._id_piece(int(t)), float(v)) for t, v in zip(self.top_ids[i], self.top_logprobs[i])]
+        top = [(int(t), self._id_piece(int(t)), float(v)) for t, v in zip(self.top_ids[i], self.top_logprobs[i])
+               ] if ok else []
         return TokenScore(int(self.ids[i]), self.pieces[i], int(self.text_offset[i]),
-                          float(self.logprobs[i]) if ok else None, int(self.ranks[i]) if ok else None,
-                          top if ok else [])
+                          float(self.logprobs[i]) if ok else None, int(self.ranks[i]) if ok else None, top)
 
     @property
     def scored(self) -> np.ndarray:
@@ -251,11 +254,11 @@ def score(model, text_or_ids, top_n: int = 0, *, prefix_eot: bool = True, contex
             for k in range(len(y) if top_n else 0):
                 t = _top(lp[k], top_n)
                 top_ids[j + k], top_lps[j + k] = t, lp[k, t]
+        del rows, lp  # the loop variable would keep this window alive through the next window's forward
     pieces, raw, offsets = _pieces(tok, ids)
-    if text is None:
-        text = "".join(pieces)
-    else:  # lone surrogates were encoded as U+FFFD (one character each), so offsets still index `text`
-        assert sum(map(len, pieces)) == len(text)
+    # equals a str input, except that its lone surrogates were encoded as U+FFFD (one character each, so the
+    # offsets index the input as well)
+    text = "".join(pieces)
     return TokenScores(text, np.asarray(ids, np.int64), pieces, raw, np.asarray(offsets, np.int64), logprobs, ranks,
                        top_ids, top_lps, prefix_eot, context, stride,
                        lambda i: tok.decode_bytes((i,)).decode("utf-8", "replace") if i < tok.n_vocab else "")
@@ -382,6 +385,7 @@ def perplexity(model, text_or_ids, *, stride: int | None = None, context: int | 
                 base_nll[start + c:start + c + len(y)] = -blp[r, y]
                 kl[start + c:start + c + len(y)] = (np.exp(blp) * (blp - lp)).sum(axis=1)
                 agree += int(np.count_nonzero(lp.argmax(1) == blp.argmax(1)))
+        del rows, brows, lp  # else they live through the next window's forward
     elapsed = time.perf_counter() - t0
     forward = sum(e - b for b, e, _ in plan_windows(len(seq), context, stride))
     scored = seq[1:]

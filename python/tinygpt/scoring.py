@@ -100,11 +100,15 @@ def _windows(model, seq: list[int], context: int, stride: int, progress):
             progress(done, total)
 
 
-def _log_softmax64(rows: np.ndarray) -> np.ndarray:
+def _lse64(rows: np.ndarray) -> np.ndarray:
+    """float64 log-sum-exp of each row, with one float64 temporary of the chunk's size. A token's logprob is then
+    float64(logit) - lse; it orders tokens exactly as their float32 logits do (distinct float32 values stay
+    distinct), so ranks and top-n are taken on the float32 row."""
     x = rows.astype(np.float64)
-    x -= x.max(axis=1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
-    return x
+    m = x.max(axis=1, keepdims=True)
+    x -= m
+    np.exp(x, out=x)
+    return m[:, 0] + np.log(x.sum(axis=1))
 
 
 def _top(lp: np.ndarray, n: int) -> np.ndarray:
@@ -138,9 +142,10 @@ def token_logprob(logits_row, token: int, top_n: int = 0) -> TokenLogprob:
         raise InvalidArgumentError(f"token must lie in 0..{row.size - 1}, got {token}")
     if not 0 <= top_n <= row.size:
         raise InvalidArgumentError(f"top_n must be in 0..{row.size}, got {top_n}")
-    lp = _log_softmax64(row[None, :])[0]
-    top = _top(lp, top_n)
-    return TokenLogprob(token, float(lp[token]), int(1 + np.count_nonzero(lp > lp[token])), top, lp[top])
+    lse = _lse64(row[None, :])[0]
+    top = _top(row, top_n)
+    return TokenLogprob(token, float(np.float64(row[token]) - lse), int(1 + np.count_nonzero(row > row[token])),
+                        top, row[top].astype(np.float64) - lse)
 
 
 # -- score -------------------------------------------------------------------------------------------
@@ -244,17 +249,17 @@ def score(model, text_or_ids, top_n: int = 0, *, prefix_eot: bool = True, contex
     top_lps = np.full((T, top_n), np.nan)
     for start, rows, targets in _windows(model, seq, context, stride, progress):
         for c in range(0, len(targets), ROW_CHUNK):
-            lp = _log_softmax64(rows[c:c + ROW_CHUNK])
+            x = rows[c:c + ROW_CHUNK]
+            lse = _lse64(x)
             y = targets[c:c + ROW_CHUNK]
-            r = np.arange(len(y))
-            chosen = lp[r, y]
+            xy = x[np.arange(len(y)), y]
             j = start + c + shift
-            logprobs[j:j + len(y)] = chosen
-            ranks[j:j + len(y)] = 1 + np.count_nonzero(lp > chosen[:, None], axis=1)
+            logprobs[j:j + len(y)] = xy - lse
+            ranks[j:j + len(y)] = 1 + np.count_nonzero(x > xy[:, None], axis=1)
             for k in range(len(y) if top_n else 0):
-                t = _top(lp[k], top_n)
-                top_ids[j + k], top_lps[j + k] = t, lp[k, t]
-        del rows, lp  # the loop variable would keep this window alive through the next window's forward
+                t = _top(x[k], top_n)
+                top_ids[j + k], top_lps[j + k] = t, x[k, t] - lse[k]
+        del rows, x  # the loop variable would keep this window alive through the next window's forward
     pieces, raw, offsets = _pieces(tok, ids)
     # equals a str input, except that its lone surrogates were encoded as U+FFFD (one character each, so the
     # offsets index the input as well)
@@ -376,16 +381,22 @@ def perplexity(model, text_or_ids, *, stride: int | None = None, context: int | 
     for start, rows, targets in _windows(model, seq, context, stride, progress):
         brows = next(base_windows)[1] if base_windows is not None else None
         for c in range(0, len(targets), ROW_CHUNK):
-            lp = _log_softmax64(rows[c:c + ROW_CHUNK])
+            x = rows[c:c + ROW_CHUNK]
+            lse = _lse64(x)
             y = targets[c:c + ROW_CHUNK]
             r = np.arange(len(y))
-            nll[start + c:start + c + len(y)] = -lp[r, y]
+            nll[start + c:start + c + len(y)] = lse - x[r, y]
             if brows is not None:
-                blp = _log_softmax64(brows[c:c + ROW_CHUNK])
-                base_nll[start + c:start + c + len(y)] = -blp[r, y]
-                kl[start + c:start + c + len(y)] = (np.exp(blp) * (blp - lp)).sum(axis=1)
-                agree += int(np.count_nonzero(lp.argmax(1) == blp.argmax(1)))
-        del rows, brows, lp  # else they live through the next window's forward
+                bx = brows[c:c + ROW_CHUNK]
+                blse = _lse64(bx)
+                base_nll[start + c:start + c + len(y)] = blse - bx[r, y]
+                blp = bx - blse[:, None]
+                d = blp - (x - lse[:, None])
+                np.exp(blp, out=blp)
+                kl[start + c:start + c + len(y)] = (blp * d).sum(axis=1)
+                agree += int(np.count_nonzero(x.argmax(1) == bx.argmax(1)))
+                del blp, d
+        del rows, brows, x  # else they live through the next window's forward
     elapsed = time.perf_counter() - t0
     forward = sum(e - b for b, e, _ in plan_windows(len(seq), context, stride))
     scored = seq[1:]

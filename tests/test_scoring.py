@@ -263,6 +263,22 @@ def test_results_add_exactly(tiny_dir):
         a + c
 
 
+@pytest.mark.parametrize("n_shards", [1, 2, 3, 7])
+def test_shards_add_up_to_whole(tiny_dir, n_shards):
+    m = load(tiny_dir)
+    whole = m.perplexity(TEXT, context=32, stride=12)
+    parts = [m.perplexity(TEXT, context=32, stride=12, shard=(i, n_shards)) for i in range(n_shards)]
+    total = sum(parts)
+    assert total.n_tokens == whole.n_tokens and total.n_bytes == whole.n_bytes == len(TEXT.encode())
+    assert total.forward_tokens == whole.forward_tokens
+    assert total.nll_sum == pytest.approx(whole.nll_sum, rel=1e-14)
+    assert total.nll_sq_sum == pytest.approx(whole.nll_sq_sum, rel=1e-14)
+    assert all(p.n_tokens > 0 for p in parts)
+    for bad in ((2, 2), (-1, 2), (0, 0), (0,), "0/2", (True, 2)):
+        with pytest.raises(tinygpt.InvalidArgumentError):
+            m.perplexity(TEXT, context=32, shard=bad)
+
+
 def test_kl_base(tiny_dir):
     m = load(tiny_dir)
     same = m.perplexity(TEXT, context=40, stride=16, kl_base=m)
@@ -356,6 +372,10 @@ def test_cli_perplexity_json_and_sum(tiny_dir, tmp_path):
     assert out["total"]["nll_sum"] == (ra + rb).nll_sum and out["total"]["n_tokens"] == ra.n_tokens + rb.n_tokens
     assert out["total"]["perplexity"] == (ra + rb).perplexity
     assert out["context"] == 48 and out["stride"] == 16
+    halves = [json.loads(cli("-m", str(tiny_dir), "--backend", "cpu", "-f", str(a), "--context", "48", "--stride",
+                             "16", "--json", "--shard", f"{i}/2").stdout)["total"] for i in range(2)]
+    assert halves[0]["n_tokens"] + halves[1]["n_tokens"] == ra.n_tokens
+    assert halves[0]["nll_sum"] + halves[1]["nll_sum"] == pytest.approx(ra.nll_sum, rel=1e-14)
     r = cli("-m", str(tiny_dir), "--backend", "cpu", "-f", str(a), "--kl-base", "bfloat16", "--context", "48")
     assert r.returncode == 0, r.stderr
     assert "perplexity" in r.stdout and "mean KL" in r.stdout and "top-1 agreement" in r.stdout
@@ -370,6 +390,8 @@ def test_cli_perplexity_json_and_sum(tiny_dir, tmp_path):
     (b"hello", ["--context", "16", "--stride", "17"], "stride"),
     (b"hello", ["--context", "129"], "context"),
     (b"hello", ["--kl-base", "/nonexistent/model"], ""),
+    (b"hello", ["--shard", "2/2"], "shard"),
+    (b"hello", ["--shard", "x"], "shard"),
 ])
 def test_cli_bad_input_exit_1(tiny_dir, tmp_path, content, args, msg):
     f = tmp_path / "in.txt"

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--kl-base", default=None, metavar="MODEL_OR_DTYPE",
                     help="compare against a base: a dtype (float32, float16, bfloat16, int8: this model loaded so) "
                          "or another model; adds mean KL(base || model), delta perplexity, top-1 agreement")
+    pp.add_argument("--shard", default=None, metavar="I/N",
+                    help="score only the I-th (0-based) of N runs of each file's windows; the N results add up to "
+                         "the unsharded one (add the JSON sums)")
     pp.add_argument("--json", action="store_true", help="print one JSON object (per file and total)")
     pp.add_argument("-q", "--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal)")
     return ap
@@ -244,6 +247,12 @@ def _read_text(path: str) -> str:
 def _cmd_perplexity(a) -> int:
     from .model import load
     from .scoring import check_window
+    shard = None
+    if a.shard is not None:
+        parts = a.shard.split("/")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or not int(parts[0]) < int(parts[1]):
+            raise TinyGPTError(f"--shard expects I/N with 0 <= I < N, got {a.shard!r}")
+        shard = (int(parts[0]), int(parts[1]))
     texts = [(f, _read_text(f)) for f in a.files]  # read (and reject) every file before loading a model
     tty = sys.stderr.isatty() and not a.quiet
     model = load(a.model, a.backend, dtype=a.dtype, threads=a.threads, offline=a.offline, cache_dir=a.cache_dir,
@@ -273,12 +282,12 @@ def _cmd_perplexity(a) -> int:
                     sys.stderr.write("\n")
                 sys.stderr.flush()
         results.append(model.perplexity(text, stride=a.stride, context=a.context, prefix_eot=not a.no_eot_prefix,
-                                        kl_base=base, progress=bar))
+                                        kl_base=base, shard=shard, progress=bar))
     total = sum(results)
     context, stride = check_window(model, a.context, a.stride)
     if a.json:
         print(json.dumps({"model": a.model, "dtype": model.dtype, "backend": model.backend_name, "context": context,
-                          "stride": stride, "prefix_eot": not a.no_eot_prefix, "kl_base": a.kl_base,
+                          "stride": stride, "prefix_eot": not a.no_eot_prefix, "kl_base": a.kl_base, "shard": shard,
                           "files": [dict(file=n, **r.to_dict()) for (n, _), r in zip(texts, results)],
                           "total": total.to_dict()}, indent=2))
         return 0

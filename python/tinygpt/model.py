@@ -104,12 +104,13 @@ class Model:
                      progress=progress)
 
     def perplexity(self, text_or_ids, *, stride: int | None = None, context: int | None = None,
-                   prefix_eot: bool = True, kl_base: "Model | None" = None, progress=None):
+                   prefix_eot: bool = True, kl_base: "Model | None" = None, shard=None, progress=None):
         """Strided perplexity: every token scored once with as much left context as the window allows. Returns
-        a PerplexityResult (additive: r1 + r2); kl_base adds KL divergence, delta perplexity, top-1 agreement."""
+        a PerplexityResult (additive: r1 + r2); kl_base adds KL divergence, delta perplexity, top-1 agreement;
+        shard=(i, n) scores the i-th of n runs of the same windows (the n results add up to the whole)."""
         from .scoring import perplexity
         return perplexity(self, text_or_ids, stride=stride, context=context, prefix_eot=prefix_eot,
-                          kl_base=kl_base, progress=progress)
+                          kl_base=kl_base, shard=shard, progress=progress)
 
 
 def load(model: str | Path, backend: str = "auto", *, dtype: str | None = None, threads: int | None = None,

@@ -85,10 +85,10 @@ def _sequence(model, text_or_ids, prefix_eot: bool) -> tuple[list[int], str | No
     return ids, text
 
 
-def _windows(model, seq: list[int], context: int, stride: int, progress):
+def _windows(model, seq: list[int], context: int, stride: int, progress, plan=None):
     """Yields (start, float32 rows [n, V], targets [n]) per window; progress(done, total) after each."""
-    plan = plan_windows(len(seq), context, stride)
-    total, done = len(seq) - 1, 0
+    plan = plan_windows(len(seq), context, stride) if plan is None else plan
+    total, done = sum(e - s for _, e, s in plan), 0
     for begin, end, start in plan:
         logits = model.logits(seq[begin:end])
         rows = logits[start - begin:end - begin]
@@ -357,9 +357,13 @@ class PerplexityResult:
 
 
 def perplexity(model, text_or_ids, *, stride: int | None = None, context: int | None = None,
-               prefix_eot: bool = True, kl_base=None, progress: Callable | None = None) -> PerplexityResult:
+               prefix_eot: bool = True, kl_base=None, shard: tuple[int, int] | None = None,
+               progress: Callable | None = None) -> PerplexityResult:
     """Strided perplexity of one text (see the module doc for the windows). kl_base: another Model with the same
-    vocabulary, run on the same windows, for KL(base || model), delta perplexity and top-1 agreement."""
+    vocabulary, run on the same windows, for KL(base || model), delta perplexity and top-1 agreement.
+    shard=(i, n): only the i-th of n contiguous runs of windows (0-based), the same windows as the whole run, so
+    the n shard results add up to the whole-text result (each token's value is identical; the sums differ from
+    the unsharded ones only by the rounding of n float64 additions)."""
     context, stride = check_window(model, context, stride)
     if kl_base is not None:
         if kl_base.config.n_vocab != model.config.n_vocab:
@@ -372,13 +376,24 @@ def perplexity(model, text_or_ids, *, stride: int | None = None, context: int | 
     n = len(seq) - 1
     if n < 1:
         raise InvalidArgumentError("nothing to score: one token and prefix_eot=False leaves no target")
+    plan = plan_windows(len(seq), context, stride)
+    if shard is not None:
+        if (not isinstance(shard, (tuple, list)) or len(shard) != 2 or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+                or not 0 <= shard[0] < shard[1]):
+            raise InvalidArgumentError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+        i, k = int(shard[0]), int(shard[1])
+        plan = plan[len(plan) * i // k:len(plan) * (i + 1) // k]
+    off = plan[0][2] if plan else 0  # nll[p - 1 - off] is the target at seq position p
+    n = sum(e - s for _, e, s in plan)
     nll = np.empty(n)
     kl = np.empty(n) if kl_base is not None else None
     base_nll = np.empty(n) if kl_base is not None else None
     agree = 0
     t0 = time.perf_counter()
-    base_windows = _windows(kl_base, seq, context, stride, None) if kl_base is not None else None
-    for start, rows, targets in _windows(model, seq, context, stride, progress):
+    base_windows = _windows(kl_base, seq, context, stride, None, plan) if kl_base is not None else None
+    for start, rows, targets in _windows(model, seq, context, stride, progress, plan):
+        start -= off
         brows = next(base_windows)[1] if base_windows is not None else None
         for c in range(0, len(targets), ROW_CHUNK):
             x = rows[c:c + ROW_CHUNK]
@@ -398,8 +413,8 @@ def perplexity(model, text_or_ids, *, stride: int | None = None, context: int | 
                 del blp, d
         del rows, brows, x  # else they live through the next window's forward
     elapsed = time.perf_counter() - t0
-    forward = sum(e - b for b, e, _ in plan_windows(len(seq), context, stride))
-    scored = seq[1:]
+    forward = sum(e - b for b, e, _ in plan)
+    scored = [t for _, e, s in plan for t in seq[s + 1:e + 1]]
     return PerplexityResult(
         n_tokens=n, n_bytes=len(model.tokenizer.decode_bytes(i for i in scored if i < model.tokenizer.n_vocab)),
         nll_sum=math.fsum(nll.tolist()), nll_sq_sum=math.fsum((nll * nll).tolist()), elapsed_s=elapsed,

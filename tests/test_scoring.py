@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinygpt
-from tinygpt.scoring import PerplexityResult, plan_windows, token_logprob
+from tinygpt.scoring import plan_windows, token_logprob
 
 EOT = 50256
 TEXT = ("In 1905 Einstein published four papers. Ünïcödé: naïve café, 日本語のテキスト, emoji 🙂🚀👩‍👩‍👧, "

@@ -9,7 +9,7 @@ import pytest
 
 import tinygpt
 from tinygpt.engine import AsyncEngine
-from tinygpt.generate import token_logprob
+from tinygpt.scoring import token_logprob
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ from .config import GPT2Config
 from .errors import (BackendUnavailableError, ContextOverflowError, DownloadError, EngineClosedError,
                      FormatVersionError, InvalidArgumentError, ModelNotFoundError, OfflineError, QueueFullError,
                      TinyGPTError, WeightsError)
-from .generate import GenerationResult, Piece, Timings, TokenLogprob
+from .generate import GenerationResult, Piece, Timings
+from .scoring import TokenLogprob
 from .model import Model, load
 from .tokenizer import Tokenizer
 

@@ -161,6 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "print the text")
     t.add_argument("--allow-special", action="store_true", help="map a literal <|endoftext|> to id 50256")
     t.add_argument("--offline", action="store_true", default=None)
+
+    pp = sub.add_parser("perplexity", help="strided perplexity of text files (nll, bits per byte, KL vs a base)",
+                        description="Score every token of each FILE once, with as much left context as the window "
+                                    "allows: windows of CONTEXT tokens advance by STRIDE; only not-yet-scored "
+                                    "tokens are targets. Several files are scored independently and summed.")
+    _add_model_args(pp)
+    pp.add_argument("-f", "--file", dest="files", action="extend", nargs="+", required=True, metavar="FILE",
+                    help="UTF-8 text file ('-' = stdin); repeatable")
+    pp.add_argument("--context", type=int, default=None, help="window length in tokens (default: the model's n_ctx)")
+    pp.add_argument("--stride", type=int, default=None,
+                    help="new tokens scored per window, 1..context (default context // 2); the least left context "
+                         "of a token after the first window is context - stride + 1")
+    pp.add_argument("--no-eot-prefix", action="store_true",
+                    help="do not condition the first token on <|endoftext|> (it is then not scored)")
+    pp.add_argument("--kl-base", default=None, metavar="MODEL_OR_DTYPE",
+                    help="compare against a base: a dtype (float32, float16, bfloat16, int8: this model loaded so) "
+                         "or another model; adds mean KL(base || model), delta perplexity, top-1 agreement")
+    pp.add_argument("--shard", default=None, metavar="I/N",
+                    help="score only the I-th (0-based) of N runs of each file's windows; the N results add up to "
+                         "the unsharded one (add the JSON sums)")
+    pp.add_argument("--json", action="store_true", help="print one JSON object (per file and total)")
+    pp.add_argument("-q", "--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal)")
     return ap
 
 
@@ -391,11 +413,74 @@ def _parse_ids(text: str) -> list[int]:
         raise bad from None
 
 
+def _cmd_perplexity(a) -> int:
+    from .model import load
+    from .scoring import check_window
+    shard = None
+    if a.shard is not None:
+        parts = a.shard.split("/")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or not int(parts[0]) < int(parts[1]):
+            raise TinyGPTError(f"--shard expects I/N with 0 <= I < N, got {a.shard!r}")
+        shard = (int(parts[0]), int(parts[1]))
+    texts = [(f, _read_text(f)) for f in a.files]  # read (and reject) every file before loading a model
+    for f, text in texts:
+        if not text:
+            raise TinyGPTError(f"{f} is empty: nothing to score")
+    tty = sys.stderr.isatty() and not a.quiet
+    model = load(a.model, a.backend, dtype=a.dtype, threads=a.threads, offline=a.offline, cache_dir=a.cache_dir,
+                 revision=a.revision, progress=_progress_printer() if tty else None)
+    check_window(model, a.context, a.stride)
+    base = None
+    if a.kl_base is not None:
+        if a.kl_base.lower() in dtypes.NAMES or a.kl_base.lower() in dtypes.ALIASES:
+            base = load(a.model, a.backend, dtype=_dtype(a.kl_base), threads=a.threads, offline=a.offline,
+                        cache_dir=a.cache_dir, revision=a.revision)
+        else:
+            base = load(a.kl_base, a.backend, threads=a.threads, offline=a.offline, cache_dir=a.cache_dir)
+    results = []
+    for name, text in texts:
+        bar = None
+        if tty:
+            last = [0.0]
+
+            def bar(done, total, name=name):
+                now = time.monotonic()
+                if now - last[0] < 0.2 and done != total:
+                    return
+                last[0] = now
+                pct = 100.0 * done / total
+                sys.stderr.write(f"\r{name[-28:]:<28} [{'#' * int(pct / 4):<25}] {pct:5.1f}% of {total} tokens")
+                if done == total:
+                    sys.stderr.write("\n")
+                sys.stderr.flush()
+        results.append(model.perplexity(text, stride=a.stride, context=a.context, prefix_eot=not a.no_eot_prefix,
+                                        kl_base=base, shard=shard, progress=bar))
+    total = sum(results)
+    context, stride = check_window(model, a.context, a.stride)
+    if a.json:
+        print(json.dumps({"model": a.model, "dtype": model.dtype, "backend": model.backend_name, "context": context,
+                          "stride": stride, "prefix_eot": not a.no_eot_prefix, "kl_base": a.kl_base, "shard": shard,
+                          "files": [dict(file=n, **r.to_dict()) for (n, _), r in zip(texts, results)],
+                          "total": total.to_dict()}, indent=2))
+        return 0
+    rows = list(zip([n for n, _ in texts], results)) + ([("total", total)] if len(results) > 1 else [])
+    for name, r in rows:
+        line = (f"{name}: perplexity {r.perplexity:.4f} +/- {r.perplexity_stderr:.4f}, bits/byte "
+                f"{r.bits_per_byte:.4f}, nll_sum {r.nll_sum:.6f} over {r.n_tokens} tokens ({r.n_bytes} bytes), "
+                f"{r.tokens_per_s:.1f} tok/s")
+        if r.kl_sum is not None:
+            line += (f"; vs {a.kl_base}: mean KL {r.kl_mean:.6g}, delta perplexity {r.delta_perplexity:+.4f}, "
+                     f"top-1 agreement {100 * r.top1_agreement:.2f}%")
+        print(line)
+    print(f"[{model.backend_name}, {model.dtype}, context {context}, stride {stride}]", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"generate": _cmd_generate, "convert": _cmd_convert, "info": _cmd_info,
-                "tokenize": _cmd_tokenize}[args.cmd](args)
+                "tokenize": _cmd_tokenize, "perplexity": _cmd_perplexity}[args.cmd](args)
     except TinyGPTError as e:
         print(f"tinygpt: error: {e}", file=sys.stderr)
         return 1

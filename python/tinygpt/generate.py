@@ -19,27 +19,7 @@ import numpy as np
 
 from .errors import ContextOverflowError
 from .sampling import SamplingOptions, select
-
-
-class TokenLogprob(NamedTuple):
-    """A token's log-probability under the model's raw distribution (log-softmax of its logits in float64, before
-    any penalty, temperature or truncation), and the `top` most likely tokens there as (id, logprob)."""
-    token: int
-    logprob: float
-    top: list
-
-
-def token_logprob(logits: np.ndarray, token: int, k: int = 0) -> TokenLogprob:
-    """TokenLogprob of `token` under one float32 logits row (k >= 0 alternatives, ties broken by lower id)."""
-    x = np.asarray(logits, np.float64)
-    m = x.max()
-    lse = m + np.log(np.exp(x - m).sum())
-    top = []
-    if k > 0:
-        idx = np.argpartition(-x, min(k, x.size) - 1)[:k]
-        idx = idx[np.lexsort((idx, -x[idx]))]
-        top = [(int(i), float(x[i] - lse)) for i in idx]
-    return TokenLogprob(int(token), float(x[token] - lse), top)
+from .scoring import TokenLogprob, token_logprob  # noqa: F401  (TokenLogprob: the type of logprobs entries)
 
 
 @dataclass

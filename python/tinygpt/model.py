@@ -139,6 +139,25 @@ class Model:
         text = lambda r: [x.text for x in r] if isinstance(r, list) else r.text  # noqa: E731
         return [text(r) for r in res] if self._is_batch(prompt) else text(res)
 
+    # -- scoring text (logic in scoring.py) ------------------------------------------------------
+    def score(self, text_or_ids, top_n: int = 0, *, prefix_eot: bool = True, context: int | None = None,
+              stride: int | None = None, progress=None):
+        """Per token: id, text piece, character offset, float64 logprob, exact rank, top_n alternatives.
+        The first token is conditioned on <|endoftext|> unless prefix_eot=False (then it is not scored). Text
+        longer than context (default n_ctx) is scored in windows advancing by stride (default context // 2)."""
+        from .scoring import score
+        return score(self, text_or_ids, top_n, prefix_eot=prefix_eot, context=context, stride=stride,
+                     progress=progress)
+
+    def perplexity(self, text_or_ids, *, stride: int | None = None, context: int | None = None,
+                   prefix_eot: bool = True, kl_base: "Model | None" = None, shard=None, progress=None):
+        """Strided perplexity: every token scored once with as much left context as the window allows. Returns
+        a PerplexityResult (additive: r1 + r2); kl_base adds KL divergence, delta perplexity, top-1 agreement;
+        shard=(i, n) scores the i-th of n runs of the same windows (the n results add up to the whole)."""
+        from .scoring import perplexity
+        return perplexity(self, text_or_ids, stride=stride, context=context, prefix_eot=prefix_eot,
+                          kl_base=kl_base, shard=shard, progress=progress)
+
 
 def load(model: str | Path, backend: str | None = None, *, dtype: str | None = None, threads: int | None = None,
          offline: bool | None = None, cache_dir: str | Path | None = None, revision: str = "main",

@@ -69,7 +69,7 @@ inline V load_tail(const WT* p, int n) {
 }
 
 // s[i * R + j] = a[i] . w[j] over K for MT rows of A and R weight rows: THE arithmetic of an output element
-// before the epilogue (see the file head). Every path of matmul and matmul_rows goes through here.
+// before the epilogue (see the file head). gemm_tile below is the same arithmetic on packed operands.
 template <int MT, int R, typename WT>
 inline void tile(float* s /*[MT][R]*/, const float* const* a /*[MT]*/, const WT* const* w /*[R]*/, int K) {
     V acc[MT][R];
@@ -134,6 +134,93 @@ void tiles(float* s, const float* const* a, int mt, const WT* const* w, int r, i
     }
 }
 
+// ---- packed operands (large M) ------------------------------------------------------------------------------
+// Wp[ceil(K / VW)][r][VW] <- w[0:r][0:K] widened to float (exact), zero-padded past K.
+template <typename WT>
+inline void pack_w(float* Wp, const WT* const* w, int r, int K) {
+    const int kv = K - K % VW;
+    for (int k = 0; k < kv; k += VW)
+        for (int j = 0; j < r; j++) vstore(Wp + (size_t)k * r + j * VW, vload_w(w[j] + k));
+    if (kv < K)
+        for (int j = 0; j < r; j++) vstore(Wp + (size_t)kv * r + j * VW, load_tail(w[j] + kv, K - kv));
+}
+
+// Ap[ceil(K / VW)][mt][VW] <- A[mt rows, :] (row stride K), zero-padded past K.
+inline void pack_a(float* Ap, const float* A, int mt, int K) {
+    const int kp = (K + VW - 1) / VW * VW;
+    for (int k = 0; k < kp; k += VW)
+        for (int i = 0; i < mt; i++) {
+            float* d = Ap + (size_t)k * mt + i * VW;
+            const float* src = A + (int64_t)i * K + k;
+            const int n = imin(VW, K - k);
+            if (n == VW)
+                vstore(d, vload(src));
+            else
+                for (int l = 0; l < VW; l++) d[l] = l < n ? src[l] : 0.0f;
+        }
+}
+
+// tile's arithmetic on packed operands, over vector steps [k0, k1) of K: the accumulators start from zero
+// (k0 == 0) or from st[MT][R][VW], and end in st, or (last) as sums s[i * R + j]. Storing a vector
+// accumulator and loading it back is exact, so blocking K changes nothing.
+// ap: [steps][MT][VW]; wp: [steps][rw][VW], rows j0..j0+R of rw.
+template <int MT, int R>
+inline void gemm_tile(float* s, float* st, const float* ap, const float* wp, int rw, int k0, int k1, bool last) {
+    V acc[MT][R];
+    for (int i = 0; i < MT; i++)
+        for (int j = 0; j < R; j++) acc[i][j] = k0 == 0 ? vzero() : vload(st + (i * R + j) * VW);
+    for (int k = k0; k < k1; k++) {
+        V wv[R];
+        for (int j = 0; j < R; j++) wv[j] = vload(wp + ((size_t)k * rw + j) * VW);
+        for (int i = 0; i < MT; i++) {
+            const V av = vload(ap + ((size_t)k * MT + i) * VW);
+            for (int j = 0; j < R; j++) acc[i][j] = vfma(av, wv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MT; i++)
+        for (int j = 0; j < R; j++) {
+            if (last)
+                s[i * R + j] = hsum(acc[i][j]);
+            else
+                vstore(st + (i * R + j) * VW, acc[i][j]);
+        }
+}
+
+// C[i * ldc + j] for an mt x r block (mt <= MT_MAX, r <= 4) over steps [k0, k1); st: [mt][r][VW] state.
+inline void gemm_tiles(float* C, int ldc, float* st, const float* ap, int mt, const float* wp, int r, int k0, int k1,
+                       bool last) {
+    float s[MT_MAX * 4];
+    if (r == 4) {
+        switch (mt) {
+            case 1: gemm_tile<1, 4>(s, st, ap, wp, 4, k0, k1, last); break;
+            case 2: gemm_tile<2, 4>(s, st, ap, wp, 4, k0, k1, last); break;
+#if defined(TG_AVX512)
+            case 3: gemm_tile<3, 4>(s, st, ap, wp, 4, k0, k1, last); break;
+            default: gemm_tile<4, 4>(s, st, ap, wp, 4, k0, k1, last); break;
+#endif
+        }
+    } else {
+        for (int j = 0; j < r; j++) {  // one weight row at a time: the state is then [r][mt][VW]
+            float* sj = st + (size_t)j * mt * VW;
+            switch (mt) {
+                case 1: gemm_tile<1, 1>(s + j * MT_MAX, sj, ap, wp + j * VW, r, k0, k1, last); break;
+                case 2: gemm_tile<2, 1>(s + j * MT_MAX, sj, ap, wp + j * VW, r, k0, k1, last); break;
+#if defined(TG_AVX512)
+                case 3: gemm_tile<3, 1>(s + j * MT_MAX, sj, ap, wp + j * VW, r, k0, k1, last); break;
+                default: gemm_tile<4, 1>(s + j * MT_MAX, sj, ap, wp + j * VW, r, k0, k1, last); break;
+#endif
+            }
+        }
+        if (last)
+            for (int i = 0; i < mt; i++)
+                for (int j = 0; j < r; j++) C[(size_t)i * ldc + j] = s[j * MT_MAX + i];
+        return;
+    }
+    if (last)
+        for (int i = 0; i < mt; i++)
+            for (int j = 0; j < 4; j++) C[(size_t)i * ldc + j] = s[i * 4 + j];
+}
+
 // o[0:n] (+)= act(c[0:n] * s[0:n] + b[0:n]) (s, b optional): vector arithmetic for every element, the tail
 // through a padded vector, so no element's value depends on where a segment or a thread's range ends.
 inline void epilogue(float* o, const float* c, const float* s, const float* b, int n, int flags) {
@@ -178,7 +265,7 @@ void rows_all_m(float* C, int ldc, const int* col, const float* A, int M, int K,
 
 struct FloatScratch {  // per-call scratch, allocated outside parallel regions so that a failure can throw
     float* p;
-    explicit FloatScratch(size_t n) : p((float*)std::malloc(n * sizeof(float))) {
+    explicit FloatScratch(size_t n) : p((float*)std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)) {
         if (!p) throw std::bad_alloc();
     }
     ~FloatScratch() { std::free(p); }
@@ -228,23 +315,37 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
           int flags) {
     const int nt = imin(tg::num_threads(), imax(1, N / 16));
     // rows of A per block: the block stays in L2 (<= 256 KB) while every W group of the thread passes over it
-    const int MC = imax(MT_MAX, imin(64, (64 * 1024 / imax(K, 1)) / MT_MAX * MT_MAX));
-    FloatScratch scratch((size_t)MC * NC * nt);
+    const int kp = (K + VW - 1) / VW * VW, steps = kp / VW;
+    // rows of A per block: the packed block stays in L2 (<= 512 KB) while the thread's weight rows pass over it
+    const int MC = imax(MT_MAX, imin(96, (128 * 1024 / kp) / MT_MAX * MT_MAX));
+    constexpr int KB = 1024 / VW;  // vector steps per k-block: a group's 4 packed weight rows, 16 KB, stay in L1
+    const size_t per_thread = (size_t)MC * NC + (size_t)MC * kp + (size_t)4 * kp + (size_t)MC * 4 * VW;
+    FloatScratch scratch(per_thread * nt);
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const int beg = (int)((int64_t)N * tid / nth), end = (int)((int64_t)N * (tid + 1) / nth);
-        float* C = scratch.p + (size_t)MC * NC * tid;
+        float* C = scratch.p + per_thread * tid;
+        float* Ap = C + (size_t)MC * NC;  // the A block, packed by MT-row tiles (each thread its own: no barrier)
+        float* Wp = Ap + (size_t)MC * kp;
+        float* st = Wp + (size_t)4 * kp;  // accumulators between k-blocks: [MC / MT_MAX][MT_MAX][4][VW]
         const WT* w[4];
-        int col[4];
         for (int m0 = 0; m0 < M; m0 += MC) {
             const int mc = imin(MC, M - m0);
+            for (int i0 = 0; i0 < mc; i0 += MT_MAX)
+                pack_a(Ap + (size_t)i0 * kp, A + (int64_t)(m0 + i0) * K, imin(MT_MAX, mc - i0), K);
             for (int n0 = beg; n0 < end; n0 += NC) {
                 const int nc = imin(NC, end - n0);
-                for (int j0 = 0; j0 < nc; j0 += 4) {
+                for (int j0 = 0; j0 < nc; j0 += 4) {  // 4 weight rows against every tile of the A block
                     const int r = imin(4, nc - j0);
-                    for (int j = 0; j < r; j++) col[j] = j0 + j, w[j] = W + (int64_t)(n0 + j0 + j) * K;
-                    rows_all_m(C, NC, col, A + (int64_t)m0 * K, mc, K, w, r);
+                    for (int j = 0; j < r; j++) w[j] = W + (int64_t)(n0 + j0 + j) * K;
+                    pack_w(Wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
+                    for (int k0 = 0; k0 < steps; k0 += KB) {
+                        const int k1 = imin(steps, k0 + KB);
+                        for (int i0 = 0; i0 < mc; i0 += MT_MAX)
+                            gemm_tiles(C + (size_t)i0 * NC + j0, NC, st + (size_t)i0 * 4 * VW, Ap + (size_t)i0 * kp,
+                                       imin(MT_MAX, mc - i0), Wp, r, k0, k1, k1 == steps);
+                    }
                 }
                 for (int m = 0; m < mc; m++)
                     epilogue(out + (int64_t)(m0 + m) * N + n0, C + (size_t)m * NC, ws ? ws + n0 : nullptr,

@@ -24,19 +24,20 @@ namespace TG_ISA_NS {
 
 namespace {
 
-// Distant row streams per thread at small M (one weight row from each in a tile of R_WIDE rows). The old row
-// GEMV (2 accumulators per row) was best with 4 streams per thread; one accumulator per row needs 8 rows in
-// flight, and 8 distant rows beat 4 x 2 adjacent ones for int8 (1 thread, busy Zen 5: 7-11 vs 4-5 GB/s at
-// K = 768), fp32 alike.
-constexpr int S = 8;
+// Weight rows per thread in flight at small M: one from each of S distant parts of the thread's rows (S DRAM
+// streams). On the 2-core Zen 3 host one stream per thread left DRAM bandwidth unused: a 124M decode step took
+// ~27 ms (fp32) with 1 stream, ~20.5 ms with 4 (2 in between, 8 no better). With two accumulators per output
+// (see tile) 4 rows keep 8 FMA chains in flight.
+constexpr int S = 4;
+constexpr int R_WIDE = S;
 constexpr int SMALL_M = 16;  // up to this many rows: the streaming driver
 constexpr int NC = 256;      // large M: output columns per epilogue block
 #if defined(TG_AVX512)
-constexpr int MT_MAX = 4;  // register tiles: MT x R accumulators + R weight vectors + 1 (32 vector registers)
-constexpr int R_WIDE = 8;  // small M, MT <= 2: 8 (or 16) independent chains
+constexpr int MT_MAX = 3;  // register tiles: MT x 4 x 2 accumulators + 4 weight vectors + 1 (32 registers)
+constexpr int R_MT2 = 4;   // weight rows per tile with 2 or 3 rows of A
 #else
-constexpr int MT_MAX = 2;  // 16 vector registers
-constexpr int R_WIDE = 8;
+constexpr int MT_MAX = 2;  // 16 vector registers: 2 x 2 x 2 accumulators
+constexpr int R_MT2 = 2;
 #endif
 
 static inline int imax(int a, int b) { return a > b ? a : b; }
@@ -69,65 +70,176 @@ inline V load_tail(const WT* p, int n) {
 }
 
 // s[i * R + j] = a[i] . w[j] over K for MT rows of A and R weight rows: THE arithmetic of an output element
-// before the epilogue (see the file head). Every path of matmul and matmul_rows goes through here.
+// before the epilogue (see the file head): vector steps of VW k's, even steps into one accumulator and odd steps
+// into another (two FMA chains per output: a decode row then needs only 4 weight rows in flight for 8 chains),
+// the last step zero-padded past K; then hsum(acc0 + acc1). gemm_tile below is the same on packed operands.
 template <int MT, int R, typename WT>
-inline void tile(float* s /*[MT][R]*/, const float* const* a /*[MT]*/, const WT* const* w /*[R]*/, int K) {
-    V acc[MT][R];
+inline void tile(float* C, int ldc, const int* col /*[R]*/, const float* const* a /*[MT]*/, const WT* const* w /*[R]*/,
+                 int K) {
+    V acc0[MT][R], acc1[MT][R], wv[R];
     for (int i = 0; i < MT; i++)
-        for (int j = 0; j < R; j++) acc[i][j] = vzero();
-    const int kv = K - K % VW;
-    for (int k = 0; k < kv; k += VW) {
-        V wv[R];
+        for (int j = 0; j < R; j++) acc0[i][j] = vzero(), acc1[i][j] = vzero();
+    const int kv = K - K % VW, k2 = K - K % (2 * VW);
+    for (int k = 0; k < k2; k += 2 * VW) {
         for (int j = 0; j < R; j++) wv[j] = vload_w(w[j] + k);
         for (int i = 0; i < MT; i++) {
             const V av = vload(a[i] + k);
-            for (int j = 0; j < R; j++) acc[i][j] = vfma(av, wv[j], acc[i][j]);
+            for (int j = 0; j < R; j++) acc0[i][j] = vfma(av, wv[j], acc0[i][j]);
+        }
+        for (int j = 0; j < R; j++) wv[j] = vload_w(w[j] + k + VW);
+        for (int i = 0; i < MT; i++) {
+            const V av = vload(a[i] + k + VW);
+            for (int j = 0; j < R; j++) acc1[i][j] = vfma(av, wv[j], acc1[i][j]);
         }
     }
-    if (kv < K) {
-        V wv[R];
+    if (k2 < kv) {  // one more full step: an even one
+        for (int j = 0; j < R; j++) wv[j] = vload_w(w[j] + k2);
+        for (int i = 0; i < MT; i++) {
+            const V av = vload(a[i] + k2);
+            for (int j = 0; j < R; j++) acc0[i][j] = vfma(av, wv[j], acc0[i][j]);
+        }
+    }
+    if (kv < K) {  // the padded step, even or odd by its index
+        const bool odd = (kv / VW) & 1;
         for (int j = 0; j < R; j++) wv[j] = load_tail(w[j] + kv, K - kv);
         for (int i = 0; i < MT; i++) {
             const V av = load_tail(a[i] + kv, K - kv);
-            for (int j = 0; j < R; j++) acc[i][j] = vfma(av, wv[j], acc[i][j]);
+            for (int j = 0; j < R; j++) {
+                if (odd)
+                    acc1[i][j] = vfma(av, wv[j], acc1[i][j]);
+                else
+                    acc0[i][j] = vfma(av, wv[j], acc0[i][j]);
+            }
         }
     }
     for (int i = 0; i < MT; i++)
-        for (int j = 0; j < R; j++) s[i * R + j] = hsum(acc[i][j]);
+        for (int j = 0; j < R; j++) C[(size_t)i * ldc + col[j]] = hsum(vadd(acc0[i][j], acc1[i][j]));
 }
 
-// s[i * r + j] for mt <= MT_MAX rows of A and r <= R_WIDE weight rows, in the widest tiles that fit.
+// C[i * ldc + col[j]] = a[i] . w[j] for mt <= MT_MAX rows of A and r weight rows, in the widest tiles that fit.
 template <typename WT>
-void tiles(float* s, const float* const* a, int mt, const WT* const* w, int r, int K) {
-    float t[MT_MAX * R_WIDE];
-    int j0 = 0;
-    auto put = [&](int rr) {
-        for (int i = 0; i < mt; i++)
-            for (int j = 0; j < rr; j++) s[i * r + j0 + j] = t[i * rr + j];
-        j0 += rr;
-    };
-    if (r == R_WIDE && mt == 1) tile<1, R_WIDE>(t, a, w, K), put(R_WIDE);
-#if defined(TG_AVX512)
-    else if (r == R_WIDE && mt == 2) tile<2, R_WIDE>(t, a, w, K), put(R_WIDE);
-#endif
-    for (; j0 + 4 <= r;) {
+void tiles(float* C, int ldc, const int* col, const float* const* a, int mt, const WT* const* w, int r, int K) {
+    int j = 0;
+    if (mt == 1)
+        for (; j + R_WIDE <= r; j += R_WIDE) tile<1, R_WIDE>(C, ldc, col + j, a, w + j, K);
+    for (; j + R_MT2 <= r; j += R_MT2) {
         switch (mt) {
-            case 1: tile<1, 4>(t, a, w + j0, K); break;
-            case 2: tile<2, 4>(t, a, w + j0, K); break;
+            case 1: tile<1, R_MT2>(C, ldc, col + j, a, w + j, K); break;
+            case 2: tile<2, R_MT2>(C, ldc, col + j, a, w + j, K); break;
 #if defined(TG_AVX512)
-            case 3: tile<3, 4>(t, a, w + j0, K); break;
-            default: tile<4, 4>(t, a, w + j0, K); break;
+            default: tile<3, R_MT2>(C, ldc, col + j, a, w + j, K); break;
 #endif
         }
-        put(4);
+    }
+    for (; j < r; j++) {
+        switch (mt) {
+            case 1: tile<1, 1>(C, ldc, col + j, a, w + j, K); break;
+            case 2: tile<2, 1>(C, ldc, col + j, a, w + j, K); break;
+#if defined(TG_AVX512)
+            default: tile<3, 1>(C, ldc, col + j, a, w + j, K); break;
+#endif
+        }
+    }
+}
+
+// ---- packed operands (large M) ------------------------------------------------------------------------------
+// Wp[ceil(K / VW)][r][VW] <- w[0:r][0:K] widened to float (exact), zero-padded past K.
+template <typename WT>
+inline void pack_w(float* Wp, const WT* const* w, int r, int K) {
+    const int kv = K - K % VW;
+    for (int k = 0; k < kv; k += VW)
+        for (int j = 0; j < r; j++) vstore(Wp + (size_t)k * r + j * VW, vload_w(w[j] + k));
+    if (kv < K)
+        for (int j = 0; j < r; j++) vstore(Wp + (size_t)kv * r + j * VW, load_tail(w[j] + kv, K - kv));
+}
+
+// Ap[ceil(K / VW)][mt][VW] <- A[mt rows, :] (row stride K), zero-padded past K.
+inline void pack_a(float* Ap, const float* A, int mt, int K) {
+    const int kp = (K + VW - 1) / VW * VW;
+    for (int k = 0; k < kp; k += VW)
+        for (int i = 0; i < mt; i++) {
+            float* d = Ap + (size_t)k * mt + i * VW;
+            const float* src = A + (int64_t)i * K + k;
+            const int n = imin(VW, K - k);
+            if (n == VW)
+                vstore(d, vload(src));
+            else
+                for (int l = 0; l < VW; l++) d[l] = l < n ? src[l] : 0.0f;
+        }
+}
+
+// tile's arithmetic on packed operands, over vector steps [k0, k1) of K (k0 even): the accumulators start from
+// zero (k0 == 0) or from st[MT][R][2][VW], and end in st, or (last) as sums s[i * R + j]. Storing a vector
+// accumulator and loading it back is exact, so blocking K changes nothing.
+// ap: [steps][MT][VW]; wp: [steps][rw][VW], rows j0..j0+R of rw.
+template <int MT, int R>
+inline void gemm_tile(float* s, float* st, const float* ap, const float* wp, int rw, int k0, int k1, bool last) {
+    V acc0[MT][R], acc1[MT][R], wv[R];
+    for (int i = 0; i < MT; i++)
+        for (int j = 0; j < R; j++) {
+            acc0[i][j] = k0 == 0 ? vzero() : vload(st + ((i * R + j) * 2) * VW);
+            acc1[i][j] = k0 == 0 ? vzero() : vload(st + ((i * R + j) * 2 + 1) * VW);
+        }
+    int k = k0;
+    for (; k + 2 <= k1; k += 2) {
+        for (int j = 0; j < R; j++) wv[j] = vload(wp + ((size_t)k * rw + j) * VW);
+        for (int i = 0; i < MT; i++) {
+            const V av = vload(ap + ((size_t)k * MT + i) * VW);
+            for (int j = 0; j < R; j++) acc0[i][j] = vfma(av, wv[j], acc0[i][j]);
+        }
+        for (int j = 0; j < R; j++) wv[j] = vload(wp + ((size_t)(k + 1) * rw + j) * VW);
+        for (int i = 0; i < MT; i++) {
+            const V av = vload(ap + ((size_t)(k + 1) * MT + i) * VW);
+            for (int j = 0; j < R; j++) acc1[i][j] = vfma(av, wv[j], acc1[i][j]);
+        }
+    }
+    if (k < k1) {  // an odd number of steps in all: the last one is even
+        for (int j = 0; j < R; j++) wv[j] = vload(wp + ((size_t)k * rw + j) * VW);
+        for (int i = 0; i < MT; i++) {
+            const V av = vload(ap + ((size_t)k * MT + i) * VW);
+            for (int j = 0; j < R; j++) acc0[i][j] = vfma(av, wv[j], acc0[i][j]);
+        }
+    }
+    for (int i = 0; i < MT; i++)
+        for (int j = 0; j < R; j++) {
+            if (last) {
+                s[i * R + j] = hsum(vadd(acc0[i][j], acc1[i][j]));
+            } else {
+                vstore(st + ((i * R + j) * 2) * VW, acc0[i][j]);
+                vstore(st + ((i * R + j) * 2 + 1) * VW, acc1[i][j]);
+            }
+        }
+}
+
+// C[i * ldc + j] for an mt x r block (mt <= MT_MAX, r <= 4) over steps [k0, k1); st: 2 * mt * r vectors.
+inline void gemm_tiles(float* C, int ldc, float* st, const float* ap, int mt, const float* wp, int r, int k0, int k1,
+                       bool last) {
+    float s[MT_MAX * 4];
+    int j0 = 0;
+    auto put = [&](int rr) {
+        if (last)
+            for (int i = 0; i < mt; i++)
+                for (int j = 0; j < rr; j++) C[(size_t)i * ldc + j0 + j] = s[i * rr + j];
+        j0 += rr;
+    };
+    for (; j0 + R_MT2 <= r;) {
+        float* sj = st + (size_t)j0 * mt * 2 * VW;
+        switch (mt) {
+            case 1: gemm_tile<1, R_MT2>(s, sj, ap, wp + j0 * VW, r, k0, k1, last); break;
+            case 2: gemm_tile<2, R_MT2>(s, sj, ap, wp + j0 * VW, r, k0, k1, last); break;
+#if defined(TG_AVX512)
+            default: gemm_tile<3, R_MT2>(s, sj, ap, wp + j0 * VW, r, k0, k1, last); break;
+#endif
+        }
+        put(R_MT2);
     }
     for (; j0 < r;) {
+        float* sj = st + (size_t)j0 * mt * 2 * VW;
         switch (mt) {
-            case 1: tile<1, 1>(t, a, w + j0, K); break;
-            case 2: tile<2, 1>(t, a, w + j0, K); break;
+            case 1: gemm_tile<1, 1>(s, sj, ap, wp + j0 * VW, r, k0, k1, last); break;
+            case 2: gemm_tile<2, 1>(s, sj, ap, wp + j0 * VW, r, k0, k1, last); break;
 #if defined(TG_AVX512)
-            case 3: tile<3, 1>(t, a, w + j0, K); break;
-            default: tile<4, 1>(t, a, w + j0, K); break;
+            default: gemm_tile<3, 1>(s, sj, ap, wp + j0 * VW, r, k0, k1, last); break;
 #endif
         }
         put(1);
@@ -162,23 +274,20 @@ inline void epilogue(float* o, const float* c, const float* s, const float* b, i
     }
 }
 
-// C[m * ldc + col[j]] = A[m] . w[j] for all M rows of A and r <= R_WIDE weight rows.
+// C[m * ldc + col[j]] = A[m] . w[j] for all M rows of A and r weight rows.
 template <typename WT>
 void rows_all_m(float* C, int ldc, const int* col, const float* A, int M, int K, const WT* const* w, int r) {
-    float s[MT_MAX * R_WIDE];
     const float* a[MT_MAX];
     for (int m0 = 0; m0 < M; m0 += MT_MAX) {
         const int mt = imin(MT_MAX, M - m0);
         for (int i = 0; i < mt; i++) a[i] = A + (int64_t)(m0 + i) * K;
-        tiles(s, a, mt, w, r, K);
-        for (int i = 0; i < mt; i++)
-            for (int j = 0; j < r; j++) C[(int64_t)(m0 + i) * ldc + col[j]] = s[i * r + j];
+        tiles(C + (size_t)m0 * ldc, ldc, col, a, mt, w, r, K);
     }
 }
 
 struct FloatScratch {  // per-call scratch, allocated outside parallel regions so that a failure can throw
     float* p;
-    explicit FloatScratch(size_t n) : p((float*)std::malloc(n * sizeof(float))) {
+    explicit FloatScratch(size_t n) : p((float*)std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)) {
         if (!p) throw std::bad_alloc();
     }
     ~FloatScratch() { std::free(p); }
@@ -199,12 +308,9 @@ void gemm_small(float* out, const float* A, const WT* W, const float* ws, const 
         float* C = scratch.p + (size_t)M * max_len * tid;
         const WT* w[R_WIDE];
         int col[R_WIDE];
-        constexpr int RS = R_WIDE / S;  // consecutive rows per stream in one tile
         int i = 0;
-        for (; i + RS <= per; i += RS) {  // S distant parts of [beg, end) in lockstep
-            for (int s = 0; s < S; s++)
-                for (int j = 0; j < RS; j++) col[s * RS + j] = s * per + i + j;
-            for (int j = 0; j < R_WIDE; j++) w[j] = W + (int64_t)(beg + col[j]) * K;
+        for (; i < per; i++) {  // S distant parts of [beg, end) in lockstep
+            for (int s = 0; s < S; s++) col[s] = s * per + i, w[s] = W + (int64_t)(beg + col[s]) * K;
             rows_all_m(C, len, col, A, M, K, w, R_WIDE);
         }
         int r = 0;  // what is left, in groups of up to R_WIDE: the parts' last rows, then the rows past the parts
@@ -228,23 +334,37 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
           int flags) {
     const int nt = imin(tg::num_threads(), imax(1, N / 16));
     // rows of A per block: the block stays in L2 (<= 256 KB) while every W group of the thread passes over it
-    const int MC = imax(MT_MAX, imin(64, (64 * 1024 / imax(K, 1)) / MT_MAX * MT_MAX));
-    FloatScratch scratch((size_t)MC * NC * nt);
+    const int kp = (K + VW - 1) / VW * VW, steps = kp / VW;
+    // rows of A per block: the packed block stays in L2 (<= 512 KB) while the thread's weight rows pass over it
+    const int MC = imax(MT_MAX, imin(96, (128 * 1024 / kp) / MT_MAX * MT_MAX));
+    constexpr int KB = 1024 / VW;  // vector steps per k-block (even): 4 packed weight rows, 16 KB, stay in L1
+    const size_t per_thread = (size_t)MC * NC + (size_t)MC * kp + (size_t)4 * kp + (size_t)MC * 4 * 2 * VW;
+    FloatScratch scratch(per_thread * nt);
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const int beg = (int)((int64_t)N * tid / nth), end = (int)((int64_t)N * (tid + 1) / nth);
-        float* C = scratch.p + (size_t)MC * NC * tid;
+        float* C = scratch.p + per_thread * tid;
+        float* Ap = C + (size_t)MC * NC;  // the A block, packed by MT-row tiles (each thread its own: no barrier)
+        float* Wp = Ap + (size_t)MC * kp;
+        float* st = Wp + (size_t)4 * kp;  // accumulators between k-blocks: 2 vectors per output
         const WT* w[4];
-        int col[4];
         for (int m0 = 0; m0 < M; m0 += MC) {
             const int mc = imin(MC, M - m0);
+            for (int i0 = 0; i0 < mc; i0 += MT_MAX)
+                pack_a(Ap + (size_t)i0 * kp, A + (int64_t)(m0 + i0) * K, imin(MT_MAX, mc - i0), K);
             for (int n0 = beg; n0 < end; n0 += NC) {
                 const int nc = imin(NC, end - n0);
-                for (int j0 = 0; j0 < nc; j0 += 4) {
+                for (int j0 = 0; j0 < nc; j0 += 4) {  // 4 weight rows against every tile of the A block
                     const int r = imin(4, nc - j0);
-                    for (int j = 0; j < r; j++) col[j] = j0 + j, w[j] = W + (int64_t)(n0 + j0 + j) * K;
-                    rows_all_m(C, NC, col, A + (int64_t)m0 * K, mc, K, w, r);
+                    for (int j = 0; j < r; j++) w[j] = W + (int64_t)(n0 + j0 + j) * K;
+                    pack_w(Wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
+                    for (int k0 = 0; k0 < steps; k0 += KB) {
+                        const int k1 = imin(steps, k0 + KB);
+                        for (int i0 = 0; i0 < mc; i0 += MT_MAX)
+                            gemm_tiles(C + (size_t)i0 * NC + j0, NC, st + (size_t)i0 * 4 * 2 * VW, Ap + (size_t)i0 * kp,
+                                       imin(MT_MAX, mc - i0), Wp, r, k0, k1, k1 == steps);
+                    }
                 }
                 for (int m = 0; m < mc; m++)
                     epilogue(out + (int64_t)(m0 + m) * N + n0, C + (size_t)m * NC, ws ? ws + n0 : nullptr,

@@ -31,7 +31,6 @@ _HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 expected_shapes = weight_shapes  # the schema lives with the model (gpt2.py)
 to_float32, quantize_int8 = dtypes.to_float32, dtypes.quantize_int8
-from .backends.head_screen import build as head_screen  # noqa: E402  (moved; the old name stays importable)
 
 
 def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -12,6 +12,19 @@ over the whole head, which reads it once for all of them (a screen pass per row 
 Policy, TINYGPT_GREEDY_SCREEN (or screen_head=): auto (default: float32 heads only; for a 16-bit head the copy is
 +15% of the model's memory for ~15% less traffic per step) | 1 (16-bit heads too) | 0 (off). int8 heads are never
 screened (the copy would be the head's size).
+
+Why the bound holds. For a head row w (float32 values of the stored weights), its int8 copy q with scale s and
+the quantization error e = w - s q, and any float32 activation x:
+    x . w = s (x . q) + x . e,   |x . e| <= min(||x||_2 ||e||_2, ||x||_1 max|e|)     (Cauchy-Schwarz, Hoelder)
+Both dot products are computed in float32 (matmul's arithmetic: any order of FMAs and additions); each is within
+gamma_n sum|x_k||v_k| <= gamma_n ||x||_2 ||v||_2 of its exact value (n <= 2K + 8 roundings), so
+    |matmul(x, w) - matmul_int8(x, q) * s| <= min(||x||_2 err0, ||x||_1 err1) + ||x||_2 err2
+with err0 = ||e||_2, err1 = max|e|, err2 = g (||w||_2 + s ||q||_2), g = (2K + 8) 2^-24 >= gamma_(2K+8). The
+kernel finds the best lower bound lo = max_n (a_n - bound_n) over the int8 values a_n and evaluates exactly the
+rows with a_n + bound_n >= lo (plus a relative slack for its float64 arithmetic). The argument assumes no float32
+overflow in the exact row: the kernel checks ||x||_1 * 127 s_n < FLT_MAX for every row (which bounds every partial
+sum), and reads every row when that fails, as it does for any non-finite value or a screen that prunes less than
+3/4 of the rows. The answer is then np.argmax of the full matmul row, bit for bit.
 """
 from __future__ import annotations
 
@@ -61,5 +74,3 @@ def build(w: np.ndarray, dtype: str, chunk: int = 256) -> tuple[np.ndarray, np.n
         q[r0:r0 + chunk], qs[r0:r0 + chunk] = qq, ss
         err[r0:r0 + chunk] = np.where(e32 < e, np.nextafter(e32, np.float32(np.inf)), e32)
     return q, qs, err
-
-

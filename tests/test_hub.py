@@ -293,6 +293,10 @@ def test_bad_timeout_setting(server, monkeypatch):
 
 def test_no_hooks_outside_tinygpt(server):
     """The checks sit on huggingface_hub's shared client but act only inside tinygpt's own fetches."""
+    import httpx2
     hub.resolve_model("tiny/gpt2", vocab_only=True)
     assert hub._DEADLINE.get() is None
-    os.environ.get("HF_ENDPOINT")
+    r = httpx2.Response(200, headers={"ETag": '"../x"'}, request=httpx2.Request("GET", "http://127.0.0.1/"))
+    hub._on_response(r)  # outside a tinygpt fetch: no effect
+    with hub._guarded(time.monotonic() + 60), pytest.raises(tinygpt.DownloadError, match="unsafe"):
+        hub._on_response(r)

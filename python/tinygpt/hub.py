@@ -176,7 +176,6 @@ def _fetch(repo, filename, *, revision, cache_dir, offline, progress) -> Path:
         raise
     except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: test it first
         if offline:
-            import traceback; traceback.print_exc()
             raise OfflineError(f"{repo}/{filename} is not in the cache {cache_dir} and downloads are off "
                                "(HF_HUB_OFFLINE); pass a local path or go online") from None
         raise DownloadError(f"{repo}/{filename}: not cached and cannot reach {where} (or it answered with an "
@@ -201,7 +200,6 @@ def _first_line(e: BaseException) -> str:
 # Installed once as event hooks on huggingface_hub's shared httpx client; active only inside snapshot()
 # (a context variable), so other users of huggingface_hub in the process see no change.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("tinygpt_hub_deadline", default=None)
-_HOOKED: set[int] = set()
 _HOOK_LOCK = threading.Lock()
 
 
@@ -218,15 +216,27 @@ class _guarded:
 
 
 def _install_hooks() -> None:
-    from huggingface_hub.utils import get_session
-    client = get_session()
+    """Our hooks on the shared client, and on every client huggingface_hub makes later (it replaces the
+    client after a connection error). Wraps whatever factory is set, so a user's own factory is kept."""
+    from huggingface_hub.utils import _http, get_session
     with _HOOK_LOCK:
-        hooks = client.event_hooks
-        if _on_request not in hooks["request"]:
-            hooks["request"].append(_on_request)
-        if _on_response not in hooks["response"]:
-            hooks["response"].append(_on_response)
-        client.event_hooks = hooks
+        factory = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+        if not getattr(factory, "_tinygpt_hooks", False):
+            def hooked(inner=factory):
+                return _add_hooks(inner())
+            hooked._tinygpt_hooks = True
+            _http.set_client_factory(hooked)
+        _add_hooks(get_session())
+
+
+def _add_hooks(client):
+    hooks = client.event_hooks
+    if _on_request not in hooks["request"]:
+        hooks["request"].append(_on_request)
+    if _on_response not in hooks["response"]:
+        hooks["response"].append(_on_response)
+    client.event_hooks = hooks
+    return client
 
 
 def _remaining() -> float | None:

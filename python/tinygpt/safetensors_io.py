@@ -157,9 +157,16 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]], me
     raw += b" " * (-len(raw) % 8)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for _, (_, arr) in tensors.items():
-            f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for _, (_, arr) in tensors.items():
+                f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves no half-written .tmp behind
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise

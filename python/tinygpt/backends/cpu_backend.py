@@ -29,9 +29,13 @@ class CpuBackend:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
-            _cpu.set_num_threads(threads)  # process-wide (OpenMP)
+        try:  # the native module checks thread counts and TINYGPT_ISA (ValueError): typed errors here
+            if threads is not None:
+                _cpu.set_num_threads(threads)  # process-wide (OpenMP)
+            self.engine = _cpu.Engine(*engine_args(ck, plan, weight_names))
+        except ValueError as e:
+            raise InvalidArgumentError(str(e)) from None
         self.cfg, self.dtype = ck.config, ck.dtype
-        self.engine = _cpu.Engine(*engine_args(ck, plan, weight_names))
         mode = screen_head if screen_head is not None else os.environ.get("TINYGPT_GREEDY_SCREEN", "auto")
         if mode not in ("auto", "0", "1"):
             raise InvalidArgumentError(f"TINYGPT_GREEDY_SCREEN / screen_head must be auto, 0 or 1, got {mode!r}")

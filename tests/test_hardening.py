@@ -268,3 +268,14 @@ def test_cli_non_utf8_terminal_while_streaming(tiny_dir):
     r = _cli("generate", "Hi", "-m", tiny_dir, "-n", 20, "--seed", seed, "--backend", "numpy",
              env={"PYTHONIOENCODING": "ascii"}, stdout=subprocess.PIPE)
     _one_line_error(r, "encoding")
+
+
+def test_bin_zip_quirks_are_typed(tmp_path):
+    """Found by the fuzzer: zipfile raises NotImplementedError for an unknown 'version needed' field."""
+    good = _bin(tmp_path, {"w": ("0", "FloatStorage", 4, 0, (4,), (1,))}, {"0": np.zeros(4, np.float32).tobytes()})
+    data = bytearray(good.read_bytes())
+    cd = data.find(b"PK\x01\x02")
+    data[cd + 6:cd + 8] = struct.pack("<H", 118)  # version needed to extract: 11.8
+    good.write_bytes(bytes(data))
+    with pytest.raises(tinygpt.WeightsError, match="not a torch zip"):
+        load_torch_bin(good)

@@ -121,9 +121,11 @@ def load_torch_bin(path: Path) -> dict[str, tuple[np.ndarray, str]]:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise WeightsError(f"{path}: file not found") from None
-    except (zipfile.BadZipFile, OSError):
-        raise WeightsError(f"{path}: not a torch zip checkpoint (legacy tar/pickle formats are not read; "
-                           "re-save with a recent torch or convert to safetensors)") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{path}: is a directory") from None
+    except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, ValueError, EOFError... on bad bytes
+        raise WeightsError(f"{path}: not a torch zip checkpoint ({type(e).__name__}; legacy tar/pickle formats "
+                           "are not read; re-save with a recent torch or convert to safetensors)") from None
     with zf:
         pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkls) != 1:

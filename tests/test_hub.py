@@ -1,8 +1,12 @@
-"""The built-in downloader against a loopback HTTP server that behaves like the hub's /resolve/ endpoint
-(redirects, X-Repo-Commit, ETag / X-Linked-Etag, X-Linked-Size), writing the standard HF cache layout."""
+"""The hub path (huggingface_hub + tinygpt's checks) against loopback servers only: a hub that answers
+/resolve/ like huggingface.co (X-Repo-Commit, X-Linked-Etag, X-Linked-Size, a redirect to a CDN on another
+origin), and hostile variants of it. Nothing here contacts a non-loopback address."""
 import hashlib
 import http.server
+import os
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,27 +19,46 @@ COMMIT = "a" * 40
 
 class Hub(http.server.BaseHTTPRequestHandler):
     files: dict = {}
+    cdn = ""  # base URL of the CDN server
     auth_required = False
-    seen_auth: list = []
+    seen_auth: list = []   # Authorization headers the hub got
+    cdn_auth: list = []    # ... and the CDN got (must stay empty of tokens)
     truncate = False
+    commit = COMMIT
+    etag = None            # override X-Linked-Etag
+    location = None        # override the redirect target
+    trickle = False
 
     def log_message(self, *a):
         pass
 
     def _answer(self, body_wanted):
-        Hub.seen_auth.append(self.headers.get("Authorization"))
-        if Hub.auth_required and self.headers.get("Authorization") != "Bearer secret":
-            self.send_response(401)
-            self.end_headers()
-            return
         parts = self.path.strip("/").split("/")
-        if parts[0] == "blobs":
+        if parts[0] == "blobs":  # the CDN
+            Hub.cdn_auth.append(self.headers.get("Authorization"))
             data = Hub.files[parts[1]]
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            if body_wanted:
+            if not body_wanted:
+                return
+            if Hub.trickle:
+                for b in data:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            else:
                 self.wfile.write(data[: len(data) // 2] if Hub.truncate else data)
+            return
+        Hub.seen_auth.append(self.headers.get("Authorization"))
+        if len(parts) < 5 or parts[2] != "resolve":
+            self.send_response(404)
+            self.end_headers()
+            return
+        if Hub.auth_required and self.headers.get("Authorization") != "Bearer secret":
+            self.send_response(401)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.end_headers()
             return
         # /{org}/{name}/resolve/{rev}/{file}
         org, name, _, rev, fname = parts[:5]
@@ -47,15 +70,16 @@ class Hub(http.server.BaseHTTPRequestHandler):
         if fname not in Hub.files:
             self.send_response(404)
             self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("X-Repo-Commit", Hub.commit)
             self.end_headers()
             return
         data = Hub.files[fname]
-        sha = hashlib.sha256(data).hexdigest()
         self.send_response(302)
-        self.send_header("Location", f"/blobs/{fname}")
-        self.send_header("X-Repo-Commit", COMMIT)
-        self.send_header("X-Linked-Etag", f'"{sha}"')
+        self.send_header("Location", Hub.location or f"{Hub.cdn}/blobs/{fname}")
+        self.send_header("X-Repo-Commit", Hub.commit)
+        self.send_header("X-Linked-Etag", Hub.etag or f'"{hashlib.sha256(data).hexdigest()}"')
         self.send_header("X-Linked-Size", str(len(data)))
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
     def do_HEAD(self):
@@ -65,20 +89,43 @@ class Hub(http.server.BaseHTTPRequestHandler):
         self._answer(True)
 
 
+def _serve(handler):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 @pytest.fixture
 def server(tiny_dir, monkeypatch, tmp_path):
     Hub.files = {p.name: p.read_bytes() for p in Path(tiny_dir).iterdir() if p.is_file()}
-    Hub.auth_required, Hub.truncate, Hub.seen_auth = False, False, []
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    Hub.auth_required, Hub.truncate, Hub.trickle, Hub.seen_auth, Hub.cdn_auth = False, False, False, [], []
+    Hub.commit, Hub.etag, Hub.location = COMMIT, None, None
+    srv, cdn = _serve(Hub), _serve(Hub)  # two origins: the hub and its CDN
+    Hub.cdn = f"http://127.0.0.1:{cdn.server_address[1]}"
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TINYGPT_BUILTIN_DOWNLOADER", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("TINYGPT_HUB_TIMEOUT", raising=False)
+    _quiet_hub_client(monkeypatch, f"http://127.0.0.1:{srv.server_address[1]}")
     yield srv
-    srv.shutdown()
+    for s in (srv, cdn):
+        s.shutdown()
+        s.server_close()
+
+
+def _quiet_hub_client(monkeypatch, url):
+    """huggingface_hub reads HF_ENDPOINT and the telemetry switch at import; its user-agent code may fetch
+    {import-time ENDPOINT}/api/agent-harnesses, which is not loopback if something imported it earlier."""
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+
+
+def _outside_cache(tmp_path):
+    """Files written under tmp_path but outside the cache."""
+    cache = tmp_path / "cache"
+    return [p for p in tmp_path.rglob("*") if p.is_file() and cache not in p.parents]
 
 
 def test_download_layout_and_reuse(server, tmp_path, tiny_dir):
@@ -110,13 +157,14 @@ def test_unknown_repo(server):
         tinygpt.load("nobody/nothing")
 
 
-def test_token_sent(server, monkeypatch):
+def test_token_sent_to_the_hub_never_to_another_host(server, monkeypatch):
     Hub.auth_required = True
     with pytest.raises(tinygpt.ModelNotFoundError, match="HF_TOKEN"):
         tinygpt.load("tiny/gpt2")
     monkeypatch.setenv("HF_TOKEN", "secret")
     tinygpt.load("tiny/gpt2", backend="numpy")
     assert "Bearer secret" in Hub.seen_auth
+    assert Hub.cdn_auth and not any(Hub.cdn_auth), "the token was sent to the redirect's host"
 
 
 def test_truncated_download(server, tmp_path):
@@ -128,11 +176,16 @@ def test_truncated_download(server, tmp_path):
 
 def test_unreachable(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    _quiet_hub_client(monkeypatch, "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("TINYGPT_BUILTIN_DOWNLOADER", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(tinygpt.DownloadError, match="cannot reach"):
+    # huggingface_hub retries a refused connection with backoff (~23 s, then "cannot reach"); the deadline
+    # cuts that short here
+    monkeypatch.setenv("TINYGPT_HUB_TIMEOUT", "2")
+    t0 = time.monotonic()
+    with pytest.raises(tinygpt.DownloadError, match="deadline"):
         tinygpt.load("gpt2")
+    assert time.monotonic() - t0 < 10
 
 
 def test_short_names_and_cache_root(monkeypatch, tmp_path):
@@ -148,3 +201,102 @@ def test_short_names_and_cache_root(monkeypatch, tmp_path):
 def test_tokenize_fetches_only_the_vocabulary(server, tmp_path):
     d = hub.resolve_model("tiny/gpt2", vocab_only=True)
     assert sorted(p.name for p in d.iterdir()) == ["merges.txt", "vocab.json"]
+
+
+# -- hostile hubs -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("etag", ['"../../../../evil"', '"/tmp/evil"', 'W/"../evil"', '"..\\evil"'])
+def test_etag_path_traversal_refused(server, tmp_path, etag):
+    Hub.etag = etag
+    with pytest.raises(tinygpt.DownloadError, match="unsafe"):
+        hub.resolve_model("tiny/gpt2", vocab_only=True)
+    assert not _outside_cache(tmp_path)
+    assert not list((tmp_path / "cache").rglob("*evil*"))
+
+
+@pytest.mark.parametrize("commit", ["../../../evil", "..", "a/../../evil"])
+def test_commit_path_traversal_refused(server, tmp_path, commit):
+    Hub.commit = commit
+    with pytest.raises(tinygpt.DownloadError, match="unsafe"):
+        hub.resolve_model("tiny/gpt2", vocab_only=True)
+    assert not _outside_cache(tmp_path)
+    assert not list((tmp_path / "cache").rglob("*evil*"))
+
+
+@pytest.mark.parametrize("rev", ["../../../evil", "..", "/abs", "a//b", "a/../../b", "", "x\0y"])
+def test_revision_path_traversal_refused(server, tmp_path, rev):
+    with pytest.raises(tinygpt.ModelNotFoundError, match="revision"):
+        hub.resolve_model("tiny/gpt2", revision=rev)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_good_revisions_accepted():
+    for rev in ("main", "v1.0", "refs/pr/1", COMMIT, "feature_x-2"):
+        assert hub.check_revision(rev) == rev
+
+
+def test_file_redirect_refused(server, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not copy me")
+    Hub.location = secret.as_uri()
+    with pytest.raises(tinygpt.DownloadError, match="file"):
+        hub.resolve_model("tiny/gpt2", vocab_only=True)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and b"do not copy" in p.read_bytes()]
+
+
+def test_garbage_status_line(monkeypatch, tmp_path):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def answer():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            c.recv(65536)
+            c.sendall(b"HTTP/1.1 two hundred OK\r\n\0\0garbage\r\n\r\n")
+            c.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.getsockname()[1]}")
+    _quiet_hub_client(monkeypatch, f"http://127.0.0.1:{srv.getsockname()[1]}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        with pytest.raises(tinygpt.DownloadError):
+            hub.resolve_model("tiny/gpt2", vocab_only=True)
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_trickling_server_hits_the_deadline(server, monkeypatch, tmp_path):
+    Hub.trickle = True  # 20 bytes/s: never trips a per-read timeout, would take minutes for the vocabulary
+    monkeypatch.setenv("TINYGPT_HUB_TIMEOUT", "1.5")
+    t0 = time.monotonic()
+    with pytest.raises(tinygpt.DownloadError, match="deadline"):
+        hub.resolve_model("tiny/gpt2", vocab_only=True)
+    assert time.monotonic() - t0 < 10
+    assert not _outside_cache(tmp_path)
+
+
+def test_bad_timeout_setting(server, monkeypatch):
+    monkeypatch.setenv("TINYGPT_HUB_TIMEOUT", "soon")
+    with pytest.raises(tinygpt.DownloadError, match="TINYGPT_HUB_TIMEOUT"):
+        hub.resolve_model("tiny/gpt2", vocab_only=True)
+    with pytest.raises(tinygpt.DownloadError, match="positive"):
+        hub.resolve_model("tiny/gpt2", vocab_only=True, timeout=float("nan"))
+
+
+def test_no_hooks_outside_tinygpt(server):
+    """The checks sit on huggingface_hub's shared client but act only inside tinygpt's own fetches."""
+    import httpx2
+    hub.resolve_model("tiny/gpt2", vocab_only=True)
+    assert hub._DEADLINE.get() is None
+    r = httpx2.Response(200, headers={"ETag": '"../x"'}, request=httpx2.Request("GET", "http://127.0.0.1/"))
+    hub._on_response(r)  # outside a tinygpt fetch: no effect
+    with hub._guarded(time.monotonic() + 60), pytest.raises(tinygpt.DownloadError, match="unsafe"):
+        hub._on_response(r)

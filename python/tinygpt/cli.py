@@ -5,6 +5,7 @@ Expected errors print one line on stderr and exit 1; usage errors exit 2 (argpar
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -383,9 +384,10 @@ def _cmd_tokenize(a) -> int:
     if a.decode:
         ids = _parse_ids(text)
         try:
-            print(tok.decode(ids))
+            out = tok.decode(ids)
         except ValueError as e:
             raise TinyGPTError(str(e)) from None
+        print(out)  # outside the try: an unencodable output is main's UnicodeEncodeError, not a decode error
     else:
         ids = tok.encode(text, allowed_special="all" if a.allow_special else ())
         print(" ".join(map(str, ids)))
@@ -477,18 +479,55 @@ def _cmd_perplexity(a) -> int:
 
 
 def main(argv=None) -> int:
+    if sys.stderr is None:  # `2>&-`: nowhere to report anything
+        sys.stderr = open(os.devnull, "w")
     args = build_parser().parse_args(argv)
+    # huggingface_hub logs its retries as warnings on stderr; the CLI reports one line per failure instead
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
+        if sys.stdout is None:  # `>&-`
+            raise TinyGPTError("standard output is closed; redirect it to a file or /dev/null instead")
         return {"generate": _cmd_generate, "convert": _cmd_convert, "info": _cmd_info,
                 "tokenize": _cmd_tokenize, "perplexity": _cmd_perplexity}[args.cmd](args)
     except TinyGPTError as e:
-        print(f"tinygpt: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 1
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        _silence_stdout()
         return 0
+    except UnicodeEncodeError as e:
+        enc = getattr(sys.stdout, "encoding", None) or e.encoding
+        _silence_stdout()
+        _error(f"the output encoding ({enc}) cannot represent the text; use a UTF-8 locale or set "
+               "PYTHONIOENCODING=utf-8")
+        return 1
+    except OSError as e:
+        if e.errno in (errno.EBADF, errno.EPIPE, errno.ENOSPC, errno.EIO) and e.filename is None:
+            _silence_stdout()  # the write to stdout failed (closed, full disk, gone terminal)
+            _error(f"cannot write the output: {e.strerror or e}")
+            return 1
+        raise
+
+
+def _error(msg: str) -> None:
+    line = "tinygpt: error: " + " ".join(str(msg).split())  # one line, whatever the message holds
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush of a broken stdout prints no traceback."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.close(fd)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

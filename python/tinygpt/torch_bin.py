@@ -6,6 +6,8 @@ else (the way a malicious pickle runs code) raises WeightsError.
 """
 from __future__ import annotations
 
+import math
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -28,14 +30,24 @@ class _StorageType:
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, *_ignored):
+    """A tensor as a copy of its elements. Every element must lie inside the storage (strides are never
+    negative in torch, and with non-negative strides the first and last elements bound the rest), and a
+    tensor may not hold more elements than its storage (a stride-0 view of 2^28 elements from a 2 KB file)."""
     arr, name = storage
     item = arr.dtype.itemsize
-    if not size:
-        return (arr[offset:offset + 1].reshape(()), name)
+    if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) <= 8
+            and all(type(v) is int and v >= 0 for v in (offset, *size, *stride))):
+        raise WeightsError("pytorch_model.bin: a tensor has a malformed offset, size or stride (corrupt file)")
+    numel = math.prod(size)
+    if numel > arr.size:
+        raise WeightsError(f"pytorch_model.bin: a tensor of {numel} elements views a storage of {arr.size} "
+                           "(stride 0 or overlapping strides; refused)")
+    if numel == 0:
+        return (np.zeros(size, arr.dtype), name)
     last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-    if offset < 0 or last >= arr.size:
+    if last >= arr.size:
         raise WeightsError("pytorch_model.bin: a tensor reaches past its storage (corrupt file)")
-    view = np.lib.stride_tricks.as_strided(arr[offset:], shape=tuple(size), strides=tuple(s * item for s in stride))
+    view = np.lib.stride_tricks.as_strided(arr[offset:], shape=size, strides=tuple(s * item for s in stride))
     return (np.array(view), name)  # copy: detach from the zip buffer and make it contiguous
 
 
@@ -51,11 +63,24 @@ _ALLOWED = {
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, fp, zf: zipfile.ZipFile, prefix: str):
+    def __init__(self, fp, zf: zipfile.ZipFile, prefix: str, budget: int):
         super().__init__(fp)
         self._zf, self._prefix = zf, prefix
+        self._storages: dict[str, tuple] = {}
+        self._budget = budget  # bytes all storages together may inflate to
+        self._out_budget = 2 * budget + (1 << 20)  # bytes of tensor copies (tied weights share a storage)
+
+    def _rebuild(self, *args):
+        t = _rebuild_tensor_v2(*args)
+        self._out_budget -= t[0].nbytes
+        if self._out_budget < 0:  # many tensors viewing one storage: copies bounded by twice the archive
+            raise WeightsError("pytorch_model.bin: its tensors add up to more than twice the archive's size "
+                               "(many views of one storage); refused")
+        return t
 
     def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self._rebuild
         if module == "torch" and name in _STORAGES:
             return _StorageType(name)
         fn = _ALLOWED.get((module, name))
@@ -70,11 +95,24 @@ class _Unpickler(pickle.Unpickler):
         stype, key = pid[1], str(pid[2])
         if not isinstance(stype, _StorageType):
             raise WeightsError("pytorch_model.bin: unknown storage type")
+        got = self._storages.get(key)
+        if got is not None:
+            if got[1] != stype.name:
+                raise WeightsError(f"pytorch_model.bin: storage {key} is read as two types (corrupt file)")
+            return got
         try:
-            raw = self._zf.read(f"{self._prefix}data/{key}")
+            info = self._zf.getinfo(f"{self._prefix}data/{key}")
         except KeyError:
             raise WeightsError(f"pytorch_model.bin: storage {key} is missing (truncated file?)") from None
-        return (np.frombuffer(raw, dtype=stype.dtype), stype.name)
+        self._budget -= info.file_size
+        if self._budget < 0:  # a deflated member inflating to far more than the archive: refused before reading
+            raise WeightsError("pytorch_model.bin: storages inflate past the archive's own size (torch.save "
+                               "stores them uncompressed); refused")
+        raw = self._zf.read(info)
+        if len(raw) % np.dtype(stype.dtype).itemsize:
+            raise WeightsError(f"pytorch_model.bin: storage {key} has a partial element (corrupt file)")
+        got = self._storages[key] = (np.frombuffer(raw, dtype=stype.dtype), stype.name)
+        return got
 
 
 def load_torch_bin(path: Path) -> dict[str, tuple[np.ndarray, str]]:
@@ -83,17 +121,22 @@ def load_torch_bin(path: Path) -> dict[str, tuple[np.ndarray, str]]:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise WeightsError(f"{path}: file not found") from None
-    except (zipfile.BadZipFile, OSError):
-        raise WeightsError(f"{path}: not a torch zip checkpoint (legacy tar/pickle formats are not read; "
-                           "re-save with a recent torch or convert to safetensors)") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{path}: is a directory") from None
+    except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, ValueError, EOFError... on bad bytes
+        raise WeightsError(f"{path}: not a torch zip checkpoint ({type(e).__name__}; legacy tar/pickle formats "
+                           "are not read; re-save with a recent torch or convert to safetensors)") from None
     with zf:
         pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkls) != 1:
             raise WeightsError(f"{path}: expected one data.pkl in the archive, found {len(pkls)}")
         prefix = pkls[0][: -len("data.pkl")]
+        budget = os.path.getsize(path)
+        if zf.getinfo(pkls[0]).file_size > budget:
+            raise WeightsError(f"{path}: data.pkl inflates past the archive's size; refused")
         try:
             with zf.open(pkls[0]) as fp:
-                obj = _Unpickler(fp, zf, prefix).load()
+                obj = _Unpickler(fp, zf, prefix, budget).load()
         except WeightsError:
             raise
         except Exception as e:  # malformed pickle stream

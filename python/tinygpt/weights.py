@@ -227,12 +227,11 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
     dtype = _check_dtype(dtype)
     dtype = dtype or ck.dtype
     dst = Path(dst)
-    if dst.suffix == ".safetensors":
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        file, vocab_to = dst, dst.parent
-    else:
-        dst.mkdir(parents=True, exist_ok=True)
-        file, vocab_to = dst / "model.safetensors", dst
+    file, vocab_to = (dst, dst.parent) if dst.suffix == ".safetensors" else (dst / "model.safetensors", dst)
+    try:
+        vocab_to.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"cannot create the destination folder {vocab_to}: {e.strerror or e}") from None
     out = {}
     names = list(expected_shapes(ck.config))
     for i, name in enumerate(names):
@@ -259,11 +258,14 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
         "tinygpt.dtype": dtype,
         "tinygpt.weight_layout": "out_in",
     }
-    write_safetensors(file, out, meta)
-    if ck.vocab_dir is not None:
-        enc, mer = find_vocab_files(ck.vocab_dir)
-        for srcf, name in ((enc, "vocab.json"), (mer, "merges.txt")):
-            target = vocab_to / name
-            if srcf.resolve() != target.resolve():
-                shutil.copyfile(srcf, target)
+    try:
+        write_safetensors(file, out, meta)
+        if ck.vocab_dir is not None:
+            enc, mer = find_vocab_files(ck.vocab_dir)
+            for srcf, name in ((enc, "vocab.json"), (mer, "merges.txt")):
+                target = vocab_to / name
+                if srcf.resolve() != target.resolve():
+                    shutil.copyfile(srcf, target)
+    except OSError as e:
+        raise WeightsError(f"cannot write {e.filename or file}: {e.strerror or e}") from None
     return file

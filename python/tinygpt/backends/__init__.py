@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, InvalidArgumentError
 
 NAMES = ("numpy", "cpu", "cuda")
 
@@ -47,7 +47,10 @@ def status() -> dict[str, tuple[bool, str]]:
     """{name: (available, reason or detail)} for `tinygpt info`."""
     out = {"numpy": (True, "always available")}
     mod, why = _probe_cpu()
-    out["cpu"] = (True, mod.build_info()["isa"]) if mod else (False, why)
+    try:  # build_info picks the kernel level; a bad TINYGPT_ISA is the user's error, never a silent fallback
+        out["cpu"] = (True, mod.build_info()["isa"]) if mod else (False, why)
+    except ValueError as e:
+        raise InvalidArgumentError(str(e)) from None
     mod, why = _probe_cuda()
     out["cuda"] = (True, mod.device_name(0)) if mod else (False, why)
     return out

@@ -27,9 +27,13 @@ class CpuBackend(Backend):
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
-        apply_threads(_cpu, threads)  # process-wide (OpenMP); default: physical cores (threads.py)
+        try:  # the native module checks thread counts and TINYGPT_ISA (ValueError): typed errors here
+            apply_threads(_cpu, threads)  # process-wide (OpenMP); default: physical cores (threads.py)
+            _cpu.build_info()  # picks the kernel table now: a bad TINYGPT_ISA fails at load, not mid-generation
+            self.engine = _cpu.Engine(engine_config(ck.config), engine_weights(ck), ck.config.tie_word_embeddings)
+        except ValueError as e:
+            raise InvalidArgumentError(str(e)) from None
         self.cfg, self.dtype = ck.config, ck.dtype
-        self.engine = _cpu.Engine(engine_config(ck.config), engine_weights(ck), ck.config.tie_word_embeddings)
         self.screen_head = head_screen.wanted(ck.dtype, screen_head)
         self._head = ck.tensors[head_name(ck.config)]
         self._screened = False

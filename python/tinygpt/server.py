@@ -13,6 +13,7 @@ import hmac
 import json
 import math
 import secrets
+import signal
 import socket
 import time
 from collections import deque
@@ -773,3 +774,7 @@ class Server:
     def run(self):
         with self.sock:
             self._srv.run(sockets=[self.sock])
+
+    def stop(self):
+        """What a stop signal does, for a server run in a thread (tests, embedding)."""
+        self._srv.handle_exit(signal.SIGTERM, None)

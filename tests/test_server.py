@@ -1,0 +1,482 @@
+"""`tinygpt serve` over HTTP on 127.0.0.1 with the tiny random-weight model: the official openai client, texts equal
+to Model.generate in process, echo/logprobs against the logits, bad requests, a full queue, disconnects, a
+concurrent load, SIGTERM. Needs the serve extra (starlette, uvicorn) and openai; skipped with the reason otherwise."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="needs the serve extra: pip install 'tinygpt[serve]'")
+pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'tinygpt[serve]'")
+openai = pytest.importorskip("openai", reason="needs the openai client: pip install openai (test extra)")
+pytest.importorskip("tinygpt.engine", reason="needs tinygpt.engine (AsyncEngine)")
+
+import tinygpt  # noqa: E402
+from tinygpt import server as tserver  # noqa: E402
+from tinygpt.engine import AsyncEngine  # noqa: E402
+
+KEY = "test-key"
+MODEL_ID = "tiny"
+
+
+class Running:
+    """A server in a thread of this process, on a free loopback port."""
+
+    def __init__(self, app):
+        self.srv = tserver.Server(app, host="127.0.0.1", port=0)
+        self.port, self.app = self.srv.port, app
+        self.thread = threading.Thread(target=self.srv.run, daemon=True)
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.srv.started:
+            assert time.monotonic() - t0 < 30, "server did not start"
+            time.sleep(0.02)
+
+    def close(self):
+        self.srv.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def request(port, method, path, body=None, key=KEY, raw=None, headers=None, timeout=60):
+    """(status, headers, parsed JSON or text) over a fresh connection."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    h = dict(headers or {})
+    if key:
+        h["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    if data is not None:
+        h.setdefault("Content-Type", "application/json")
+    try:
+        c.request(method, path, body=data, headers=h)
+        r = c.getresponse()
+        text = r.read().decode()
+    finally:
+        c.close()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    return r.status, dict(r.getheaders()), parsed
+
+
+def sse(port, body, key=KEY, stop_after=None):
+    """Streamed completion: (status, list of parsed events, saw [DONE]). stop_after=k closes the socket after k
+    events (a client that goes away)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
+              headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        out = json.loads(r.read())
+        c.close()
+        return r.status, out, False
+    events, done = [], False
+    try:
+        for line in r:
+            line = line.strip()
+            if not line.startswith(b"data: "):
+                continue
+            if line == b"data: [DONE]":
+                done = True
+                break
+            events.append(json.loads(line[6:]))
+            if stop_after is not None and len(events) >= stop_after:
+                break
+    finally:
+        if stop_after is not None:
+            c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+    return 200, events, done
+
+
+def texts_of(events, count):
+    out = [""] * count
+    finish = [None] * count
+    for e in events:
+        for ch in e["choices"]:
+            out[ch["index"]] += ch["text"]
+            finish[ch["index"]] = ch["finish_reason"] or finish[ch["index"]]
+    return out, finish
+
+
+def metrics(port):
+    _, _, text = request(port, "GET", "/metrics")
+    vals = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, v = line.rsplit(" ", 1)
+            vals[name] = float(v)
+    return vals
+
+
+def wait_idle(port, timeout=20):
+    t0 = time.monotonic()
+    while True:
+        m = metrics(port)
+        if m["tinygpt_running_sequences"] == 0 and m["tinygpt_queue_depth"] == 0:
+            return m
+        assert time.monotonic() - t0 < timeout, f"sequences still running: {m}"
+        time.sleep(0.05)
+
+
+class SpyEngine:
+    """The real engine, counting engine streams that were closed before they ended (client went away)."""
+
+    def __init__(self, engine):
+        self.engine, self.closed_early, self.finished = engine, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def stream(self, prompt, **options):
+        inner = self.engine.stream(prompt, **options)
+
+        async def gen():
+            ended = False
+            try:
+                async for p in inner:
+                    yield p
+                ended = True
+            finally:
+                if ended:
+                    self.finished += 1
+                else:
+                    self.closed_early += 1
+                await inner.aclose()
+        return gen()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return tinygpt.load(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def srv(model):
+    spy = SpyEngine(AsyncEngine(model, max_batch=16, max_queue=256))
+    app = tserver.create_app(model, model_id=MODEL_ID, api_key=KEY, engine=spy)
+    s = Running(app)
+    s.spy = spy
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def client(srv):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+# -- the openai client, unmodified ---------------------------------------------------------------------------------
+def test_openai_completion_equals_model_generate(client, model):
+    opts = dict(max_tokens=12, temperature=0.8, top_p=0.9, seed=7)
+    r = client.completions.create(model=MODEL_ID, prompt="The quick brown fox", **opts)
+    want = model.generate("The quick brown fox", max_new_tokens=12, temperature=0.8, top_p=0.9, seed=7)
+    assert r.choices[0].text == want
+    assert r.object == "text_completion" and r.model == MODEL_ID
+    assert r.usage.prompt_tokens == len(model.tokenizer.encode("The quick brown fox"))
+    assert r.usage.completion_tokens == len(model.tokenizer.encode(want)) or r.choices[0].finish_reason == "stop"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    # token ids, a list of strings and a list of id lists
+    ids = model.tokenizer.encode("Hello there")
+    r = client.completions.create(model=MODEL_ID, prompt=ids, max_tokens=6, seed=3)
+    assert r.choices[0].text == model.generate(ids, max_new_tokens=6, temperature=1.0, seed=3)
+    r = client.completions.create(model=MODEL_ID, prompt=["a b c", "x y"], max_tokens=5, seed=11, temperature=0)
+    assert [c.text for c in r.choices] == model.generate(["a b c", "x y"], max_new_tokens=5, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1]
+    r = client.completions.create(model=MODEL_ID, prompt=[ids, ids[:1]], max_tokens=5, seed=11)
+    assert [c.text for c in r.choices] == [model.generate(p, max_new_tokens=5, seed=11) for p in (ids, ids[:1])]
+
+
+def test_openai_n_and_stop(client, model):
+    r = client.completions.create(model=MODEL_ID, prompt="Once upon", max_tokens=10, n=3, seed=5)
+    want = model.generate("Once upon", max_new_tokens=10, n=3, seed=5)
+    assert [c.text for c in r.choices] == want and [c.index for c in r.choices] == [0, 1, 2]
+    full = model.generate("Once upon", max_new_tokens=20, temperature=0, ignore_eos=True)
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    assert stop.strip(), full
+    r = client.completions.create(model=MODEL_ID, prompt="Once upon", max_tokens=20, temperature=0, stop=[stop],
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].text == full[: full.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_openai_streaming(client, model, srv):
+    chunks = list(client.completions.create(model=MODEL_ID, prompt=["Hi", "Yo"], max_tokens=9, n=2, seed=21,
+                                            stream=True, stream_options={"include_usage": True}))
+    got, finish = [""] * 4, [None] * 4
+    for ch in chunks:
+        for c in ch.choices:
+            got[c.index] += c.text
+            finish[c.index] = c.finish_reason or finish[c.index]
+    want = [t for p in ("Hi", "Yo") for t in model.generate(p, max_new_tokens=9, n=2, seed=21)]
+    assert got == want
+    assert all(f in ("stop", "length") for f in finish)
+    assert chunks[-1].usage.completion_tokens > 0 and chunks[-1].choices == []
+    status, events, done = sse(srv.port, {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 4, "seed": 1})
+    assert status == 200 and done, "stream must end with data: [DONE]"
+
+
+def test_echo_logprobs_match_logits(client, model):
+    text = "Scoring a short sentence, token by token."
+    ids = model.tokenizer.encode(text)
+    ref = log_softmax(model.logits(ids))
+    # max_tokens 0 + echo: score only (lm-evaluation-harness loglikelihood)
+    r = client.completions.create(model=MODEL_ID, prompt=ids, max_tokens=0, echo=True, logprobs=3)
+    c = r.choices[0]
+    assert c.text == text
+    lp = c.logprobs
+    assert lp.tokens == [model.tokenizer.decode([i]) for i in ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    want = [ref[i - 1, ids[i]] for i in range(1, len(ids))]
+    np.testing.assert_allclose(lp.token_logprobs[1:], want, atol=1e-4)
+    for i in range(1, len(ids)):
+        top = lp.top_logprobs[i]
+        assert len(top) == 3
+        np.testing.assert_allclose(max(top.values()), ref[i - 1].max(), atol=1e-4)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(ids)
+    # echo + generated tokens: greedy, so the generated tokens' logprobs are the maxima of the logits after them
+    r = client.completions.create(model=MODEL_ID, prompt=text, max_tokens=4, echo=True, logprobs=1, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    c = r.choices[0]
+    gen = model.generate_result(text, max_new_tokens=4, temperature=0, ignore_eos=True)
+    assert c.text == text + gen.text
+    assert len(c.logprobs.tokens) == len(ids) + len(gen.tokens)
+    full = log_softmax(model.logits(ids + gen.tokens))
+    want = [full[len(ids) - 1 + j, t] for j, t in enumerate(gen.tokens)]
+    np.testing.assert_allclose(c.logprobs.token_logprobs[len(ids):], want, atol=1e-4)
+    assert c.logprobs.text_offset[len(ids)] == len(text)
+
+
+def test_models_tokenize_detokenize_health_metrics(srv, model, client):
+    assert [m.id for m in client.models.list().data] == [MODEL_ID]
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    st, _, body = request(srv.port, "POST", "/tokenize", {"model": MODEL_ID, "prompt": "héllo wörld"})
+    assert st == 200 and body["tokens"] == model.tokenizer.encode("héllo wörld") and body["count"] == len(body["tokens"])
+    st, _, body2 = request(srv.port, "POST", "/detokenize", {"tokens": body["tokens"]})
+    assert st == 200 and body2["prompt"] == "héllo wörld"
+    assert request(srv.port, "GET", "/health", key=None)[:1] == (200,)
+    m = metrics(srv.port)
+    for name in ("tinygpt_tokens_generated_total", "tinygpt_queue_depth", "tinygpt_running_sequences",
+                 "tinygpt_batch_size", "tinygpt_tokens_per_second", 'tinygpt_time_to_first_token_seconds_count'):
+        assert name in m, name
+    assert any(k.startswith("tinygpt_requests_total{") for k in m)
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+BAD = [
+    ("malformed JSON", b'{"prompt": "x",', 400, None),
+    ("not an object", b'[1, 2]', 400, None),
+    ("max_tokens str", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    ("max_tokens float", {"prompt": "x", "max_tokens": 5.0}, 400, "max_tokens"),
+    ("temperature str", {"prompt": "x", "temperature": "hot"}, 400, "temperature"),
+    ("temperature nan", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
+    ("prompt number", {"prompt": 5}, 400, "prompt"),
+    ("prompt mixed", {"prompt": ["a", 1]}, 400, "prompt"),
+    ("prompt empty list", {"prompt": []}, 400, "prompt"),
+    ("n zero", {"prompt": "x", "n": 0}, 400, "n"),
+    ("stop list of ints", {"prompt": "x", "stop": [1]}, 400, "stop"),
+    ("five stops", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("negative seed", {"prompt": "x", "seed": -1}, 400, "seed"),
+    ("logprobs 6", {"prompt": "x", "logprobs": 6}, 400, "logprobs"),
+    ("stream str", {"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("unknown field", {"prompt": "x", "max_tokns": 5}, 400, "max_tokns"),
+    ("unsupported penalty", {"prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("unsupported logit_bias", {"prompt": "x", "logit_bias": {"50256": -100}}, 400, "logit_bias"),
+    ("best_of", {"prompt": "x", "best_of": 3}, 400, "best_of"),
+    ("max_tokens beyond context", {"prompt": "x", "max_tokens": 10_000}, 400, "max_tokens"),
+    ("max_tokens 0 without echo", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("token id -1", {"prompt": [1, -1]}, 400, "prompt"),
+    ("token id 50257", {"prompt": [[1, 2], [50257]]}, 400, "prompt"),
+    ("token id float", {"prompt": [1, 2.5]}, 400, "prompt"),
+    ("token id bool", {"prompt": [1, True]}, 400, "prompt"),
+    ("unknown model", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
+    ("10 MB body", {"prompt": "x" * (10 * 1024 * 1024)}, 413, None),
+]
+
+
+@pytest.mark.parametrize("name,body,status,param", BAD, ids=[b[0] for b in BAD])
+def test_bad_request_gets_openai_error(srv, name, body, status, param):
+    raw = body if isinstance(body, bytes) else None
+    st, _, out = request(srv.port, "POST", "/v1/completions", None if raw else {"model": MODEL_ID, **body}, raw=raw)
+    assert st == status, out
+    err = out["error"]
+    assert isinstance(err["message"], str) and err["message"] and "type" in err and "code" in err
+    if param:
+        assert err["param"] == param, err
+        if status == 400 and "unsupported" in name or "unknown field" in name:
+            assert param in err["message"]
+
+
+def test_bad_requests_leave_server_serving(srv, client, model):
+    for body in (b"{", b"\xff\xfe", b'{"prompt": [' * 100_000 + b']' * 100_000):
+        st, _, out = request(srv.port, "POST", "/v1/completions", raw=body)
+        assert st in (400, 413) and "error" in out
+    st, _, out = request(srv.port, "POST", "/v1/completions", {"prompt": "x"}, key=None)
+    assert st == 401 and out["error"]["code"] == "invalid_api_key"
+    st, _, out = request(srv.port, "POST", "/v1/completions", {"prompt": "x"}, key="wrong")
+    assert st == 401
+    st, _, out = request(srv.port, "GET", "/v1/models", key="wrong")
+    assert st == 401
+    st, _, out = request(srv.port, "GET", "/nowhere")
+    assert st == 404 and "error" in out
+    st, _, out = request(srv.port, "GET", "/v1/completions")
+    assert st == 405 and "error" in out
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="nope",
+                      max_retries=0).completions.create(model=MODEL_ID, prompt="x")
+    r = client.completions.create(model=MODEL_ID, prompt="still here", max_tokens=3, seed=1)
+    assert r.choices[0].text == model.generate("still here", max_new_tokens=3, seed=1)
+
+
+def test_full_queue_gets_429_then_recovers(model):
+    app = tserver.create_app(model, model_id=MODEL_ID, api_key=KEY, max_batch=1, max_queue=1)
+    s = Running(app)
+    try:
+        body = {"model": MODEL_ID, "prompt": "x", "max_tokens": 100, "ignore_eos": True, "seed": 1}
+        with ThreadPoolExecutor(8) as ex:
+            outs = list(ex.map(lambda _: request(s.port, "POST", "/v1/completions", body), range(8)))
+        statuses = sorted(o[0] for o in outs)
+        assert 429 in statuses and 200 in statuses, statuses
+        for st, headers, out in outs:
+            if st == 429:
+                assert headers.get("retry-after") == "1" and out["error"]["code"] == "queue_full"
+        assert request(s.port, "GET", "/health")[0] == 200
+        wait_idle(s.port)
+        st, _, out = request(s.port, "POST", "/v1/completions", {**body, "max_tokens": 3})
+        assert st == 200 and out["choices"][0]["text"] == model.generate("x", max_new_tokens=3, seed=1,
+                                                                         ignore_eos=True)
+    finally:
+        s.close()
+
+
+def test_disconnect_frees_the_sequence(srv):
+    before = srv.spy.closed_early
+    body = {"model": MODEL_ID, "prompt": "a long one", "max_tokens": 120, "ignore_eos": True, "n": 4, "seed": 2}
+    st, events, done = sse(srv.port, body, stop_after=1)
+    assert st == 200 and len(events) == 1 and not done
+    t0 = time.monotonic()
+    while srv.spy.closed_early == before:
+        assert time.monotonic() - t0 < 10, "the engine stream was not closed after the client left"
+        time.sleep(0.01)
+    wait_idle(srv.port)
+
+
+# -- load ---------------------------------------------------------------------------------------------------------
+def test_load_32_clients_with_disconnects(srv, model):
+    prompts = ["The cat", "A dog ran", "In 1990,", "Hello", "Numbers: 1 2 3", "Why", "Ünïcödé test", "x"]
+    cases = [(prompts[i % len(prompts)], i) for i in range(24)]
+    want = {(p, s): model.generate(p, max_new_tokens=12, seed=s) for p, s in cases}
+    n_requests, stop_health = 320, threading.Event()
+    health = []
+
+    def poll_health():
+        while not stop_health.is_set():
+            health.append(request(srv.port, "GET", "/health", key=None, timeout=10)[0])
+            time.sleep(0.05)
+
+    def one(i):
+        p, s = cases[i % len(cases)]
+        body = {"model": MODEL_ID, "prompt": p, "max_tokens": 12, "seed": s}
+        kind = i % 4
+        if kind == 0:  # disconnects after the first event
+            st, events, done = sse(srv.port, body, stop_after=1)
+            return "cut", st == 200
+        if kind == 1:
+            st, events, done = sse(srv.port, body)
+            return "stream", st == 200 and done and texts_of(events, 1)[0] == [want[(p, s)]]
+        st, _, out = request(srv.port, "POST", "/v1/completions", body)
+        return "plain", st == 200 and out["choices"][0]["text"] == want[(p, s)]
+
+    h = threading.Thread(target=poll_health)
+    h.start()
+    t0 = time.monotonic()
+    try:
+        with ThreadPoolExecutor(32) as ex:
+            results = list(ex.map(one, range(n_requests)))
+    finally:
+        stop_health.set()
+        h.join()
+    took = time.monotonic() - t0
+    bad = [i for i, (_, ok) in enumerate(results) if not ok]
+    assert not bad, f"{len(bad)} wrong or failed responses, e.g. request {bad[:5]}"
+    assert health and set(health) == {200}
+    m = wait_idle(srv.port)
+    assert m["tinygpt_running_sequences"] == 0
+    assert took < 120, f"load test took {took:.0f} s"
+
+
+# -- process: CLI, SIGTERM ------------------------------------------------------------------------------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_sigterm_finishes_streams_and_exits_0(tiny_dir):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tinygpt.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "tinygpt", "serve", "-m", str(tiny_dir), "--port", str(port),
+                             "--api-key", KEY, "--model-name", MODEL_ID, "--grace", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if request(port, "GET", "/health", key=None, timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() - t0 < 60, "server did not come up"
+            time.sleep(0.1)
+        result = {}
+
+        def stream():
+            result["out"] = sse(port, {"model": MODEL_ID, "prompt": "keep going", "max_tokens": 120,
+                                       "ignore_eos": True, "n": 8})
+        th = threading.Thread(target=stream)
+        th.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        th.join(60)
+        rc = proc.wait(60)
+        st, events, done = result["out"]
+        assert st == 200 and done, "the in-flight stream must finish"
+        texts, finish = texts_of(events, 8)
+        assert all(f == "length" for f in finish)
+        assert rc == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_busy_port_is_one_line_error(tiny_dir, capsys):
+    from tinygpt.cli import main
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        rc = main(["serve", "-m", str(tiny_dir), "--port", str(s.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert rc == 1 and "tinygpt: error: cannot listen on 127.0.0.1:" in err

@@ -205,3 +205,51 @@ def test_matmul_argmax_rejects_bad_screens():
         _cpu.matmul_argmax(x[:3], w, q, qs, err)
     with pytest.raises(ValueError, match="nothing to screen"):
         _cpu.matmul_argmax(x, q, q, qs, err, wdtype="int8", wscale=qs)
+
+
+# -- row invariance: a row's values do not depend on the other rows of the call, nor on the thread count --------
+def _cpu_kern(kern):
+    if not isinstance(kern.name, str) or not kern.name.startswith("cpu"):
+        pytest.skip("bitwise row invariance is a cpu-backend property (numpy's BLAS and cuda are not held to it)")
+    return kern
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("flags", [0, 1, 2], ids=["plain", "gelu", "accum"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("N,K", [(301, 203), (37, 5), (70, 768)])
+def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
+    """The rows of one M-row call equal bit for bit the same rows computed one at a time, in random sub-batches
+    (small and large M take different drivers), and with 1 or 2 threads."""
+    kern = _cpu_kern(kern)
+    from tinygpt import _cpu
+    M = 40
+    inp = rng.standard_normal((M, K)).astype(np.float32)
+    w, scale = make_weights(rng, (N, K), wdtype, 1 / math.sqrt(K))
+    b = rng.standard_normal(N).astype(np.float32) if bias else None
+    resid = rng.standard_normal((M, N)).astype(np.float32)
+    kw = dict(wscale=scale) if scale is not None else {}
+
+    def run(rows, threads=2):
+        out = resid[rows].copy()
+        before = _cpu.get_num_threads()
+        _cpu.set_num_threads(threads)
+        try:
+            kern.matmul(out, np.ascontiguousarray(inp[rows]), w, b, flags=flags, wdtype=wdtype, **kw)
+        finally:
+            _cpu.set_num_threads(before)
+        return out
+
+    full = run(np.arange(M))
+    assert rel_err(full, reference(inp, widen(w, wdtype, scale).astype(np.float64), b, flags, resid)) <= 3e-5
+    np.testing.assert_array_equal(run(np.arange(M), threads=1), full)
+    for m in rng.choice(M, 12, replace=False):
+        np.testing.assert_array_equal(run(np.array([m]))[0], full[m], err_msg=f"row {m} alone")
+    for _ in range(2):
+        perm, at = rng.permutation(M), 0
+        while at < M:
+            n = int(rng.integers(1, 21))
+            rows = perm[at:at + n]
+            np.testing.assert_array_equal(run(rows, threads=int(rng.integers(1, 3))), full[rows],
+                                          err_msg=f"sub-batch of {len(rows)}")
+            at += n

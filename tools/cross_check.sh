@@ -10,7 +10,7 @@ ARCH=${TRIPLE%%-*}
 CXX=${CXX:-$TRIPLE-g++}
 OUT=build/cross-$ARCH
 mkdir -p "$OUT"
-KERNELS="csrc/matmul.cpp csrc/layernorm.cpp csrc/attention.cpp csrc/gelu.cpp csrc/embedding.cpp csrc/isa_table.cpp"
+KERNELS="csrc/matmul.cpp csrc/head_argmax.cpp csrc/layernorm.cpp csrc/attention.cpp csrc/gelu.cpp csrc/embedding.cpp csrc/isa_table.cpp"
 $CXX -std=c++17 -O2 -Wall -Wextra -Wno-unused-parameter -Werror -fopenmp -DTG_ISA_NS=tg_base -DTG_ISA_NAME='"base"' \
   $KERNELS csrc/dispatch.cpp tools/kernel_selftest.cpp -o "$OUT/kernel_selftest"
 file "$OUT/kernel_selftest" | cut -d, -f1-2

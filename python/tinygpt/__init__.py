@@ -1,8 +1,9 @@
 """tinygpt: small, fast, exact GPT-2 inference. `tinygpt.load(model)` returns a Model; see README.md."""
 from .config import GPT2Config
-from .errors import (BackendUnavailableError, ContextOverflowError, DownloadError, FormatVersionError,
-                     InvalidArgumentError, ModelNotFoundError, OfflineError, TinyGPTError, WeightsError)
-from .generate import GenerationResult, Timings
+from .errors import (BackendUnavailableError, ContextOverflowError, DownloadError, EngineClosedError,
+                     FormatVersionError, InvalidArgumentError, ModelNotFoundError, OfflineError, QueueFullError,
+                     TinyGPTError, WeightsError)
+from .generate import GenerationResult, Piece, Timings, TokenLogprob
 from .model import Model, load
 from .tokenizer import Tokenizer
 
@@ -15,7 +16,8 @@ def available_backends() -> list:
 
 
 __all__ = [
-    "load", "Model", "Tokenizer", "GPT2Config", "GenerationResult", "Timings", "available_backends",
-    "TinyGPTError", "WeightsError", "FormatVersionError", "ModelNotFoundError", "OfflineError", "DownloadError",
-    "ContextOverflowError", "InvalidArgumentError", "BackendUnavailableError", "__version__",
+    "load", "Model", "Tokenizer", "GPT2Config", "GenerationResult", "Timings", "Piece", "TokenLogprob",
+    "available_backends", "TinyGPTError", "WeightsError", "FormatVersionError", "ModelNotFoundError", "OfflineError",
+    "DownloadError", "ContextOverflowError", "InvalidArgumentError", "BackendUnavailableError", "QueueFullError",
+    "EngineClosedError", "__version__",
 ]

@@ -38,3 +38,11 @@ class InvalidArgumentError(TinyGPTError, ValueError):
 
 class BackendUnavailableError(TinyGPTError):
     """The requested backend (cpu or cuda) is not built or has no device."""
+
+
+class QueueFullError(TinyGPTError):
+    """The engine's queue of waiting requests is full; retry later (the server answers 429)."""
+
+
+class EngineClosedError(TinyGPTError):
+    """The engine is shutting down and takes no new requests (the server answers 503)."""

@@ -56,14 +56,17 @@ class Model:
         return self.backend.new_sequence().forward(self._check_ids(ids), all_logits=True)
 
     # -- generation ----------------------------------------------------------------------------
-    @staticmethod
-    def _options(options: dict) -> tuple[SamplingOptions, int]:
+    def _options(self, options: dict) -> tuple[SamplingOptions, int, int | None]:
+        """(sampling options, n samples, logprobs: None or the number of alternatives per token)."""
         options = dict(options)
         n = options.pop("n", 1)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidArgumentError(f"n must be an integer >= 1, got {n!r}")
+        lp = options.pop("logprobs", None)
+        if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= self.config.n_vocab):
+            raise InvalidArgumentError(f"logprobs must be None or an integer in 0..{self.config.n_vocab}, got {lp!r}")
         try:
-            return SamplingOptions(**options), n
+            return SamplingOptions(**options), n, lp
         except TypeError as e:
             raise InvalidArgumentError(str(e)) from None
 
@@ -99,23 +102,23 @@ class Model:
         sequence (a request with n = k has k consecutive results)."""
         reqs = []
         for prompt, options in requests:
-            opts, n = self._options(options)
-            reqs.append((self._prompt_ids(prompt, opts), opts, opts.seed, n))
+            opts, n, lp = self._options(options)
+            reqs.append((self._prompt_ids(prompt, opts), opts, opts.seed, n, lp))
         return BatchRun(self, reqs)
 
     def stream(self, prompt, **options):
         """One prompt (n = 1): an iterator of text pieces (never a split UTF-8 character) whose `.result` holds
         tokens and timings after. A list of prompts or n > 1: a BatchRun of Pieces (index, text)."""
-        opts, n = self._options(options)
+        opts, n, lp = self._options(options)
         if not self._is_batch(prompt) and n == 1:
-            return Stream(self, self._prompt_ids(prompt, opts), opts)
+            return Stream(self, self._prompt_ids(prompt, opts), opts, lp)
         prompts = prompt if self._is_batch(prompt) else [prompt]
         return self.run_batch([(p, options) for p in prompts])
 
     def generate_result(self, prompt, **options):
         """GenerationResult for one prompt; a list for n > 1 samples; for a list of prompts, one entry per prompt
         (a GenerationResult, or a list of n)."""
-        _, n = self._options(options)
+        _, n, _ = self._options(options)
         run = self.stream(prompt, **options)
         for _ in run:
             pass
@@ -128,7 +131,8 @@ class Model:
     def generate(self, prompt, **options):
         """Generated text only (prompt excluded): a str, a list of n str, or one entry per prompt of a list.
         Options: max_new_tokens, temperature (0 = greedy), top_k, top_p, repeat_penalty, seed, stop, ignore_eos,
-        context_overflow ('error' | 'slide'), n (samples per prompt, sharing one prefill)."""
+        context_overflow ('error' | 'slide'), n (samples per prompt, sharing one prefill), logprobs (k: each
+        generated token's logprob and its k most likely alternatives in `generate_result(...).logprobs`)."""
         res = self.generate_result(prompt, **options)
         text = lambda r: [x.text for x in r] if isinstance(r, list) else r.text  # noqa: E731
         return [text(r) for r in res] if self._is_batch(prompt) else text(res)

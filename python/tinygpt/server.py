@@ -489,7 +489,7 @@ def create_app(model, *, model_id: str = "gpt2", api_key: str | None = None, eng
     def engine_opts(req):
         o = dict(req.options, n=req.n)
         if req.logprobs is not None:
-            o["logprobs"] = max(req.logprobs, 1)
+            o["logprobs"] = req.logprobs
         return o
 
     async def prompt_logprobs(req, echo_ids):

@@ -487,9 +487,20 @@ def test_cli_busy_port_is_one_line_error(tiny_dir, capsys):
     assert rc == 1 and "tinygpt: error: cannot listen on 127.0.0.1:" in err
 
 
-# -- Ray Serve: the README recipe on a local Ray instance (loopback only) -----------------------------------------
-def test_ray_serve_recipe(tiny_converted, model):
-    ray = pytest.importorskip("ray", reason="needs ray[serve] (pip install 'ray[serve]')")
+# -- Ray: the README recipes on a local Ray instance (loopback only) ----------------------------------------------
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="needs ray (pip install 'tinygpt[ray]')")
+    if not (os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("TINYGPT_TEST_RAY") == "1"):
+        pytest.skip("starts a local Ray (~1 min, Ray's own gRPC ports listen beyond loopback): runs in CI or with "
+                    "TINYGPT_TEST_RAY=1")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_serve_recipe(ray_local, tiny_converted, model):
     serve = pytest.importorskip("ray.serve", reason="needs ray[serve]")
     port = _free_port()
     path, threads = str(tiny_converted), 1
@@ -499,8 +510,6 @@ def test_ray_serve_recipe(tiny_converted, model):
         from tinygpt.server import create_app
         return create_app(tg.load(path, threads=threads), model_id="gpt2")
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = serve.deployment(serve.ingress(build)(), name="tinygpt", num_replicas=2,
@@ -516,4 +525,53 @@ def test_ray_serve_recipe(tiny_converted, model):
         assert "".join(ch.choices[0].text for ch in chunks) == model.generate("streamed", max_new_tokens=5, seed=1)
     finally:
         serve.shutdown()
-        ray.shutdown()
+
+
+def test_ray_data_recipe(ray_local, tiny_converted, model):
+    pytest.importorskip("ray.data", reason="needs ray[data] (pyarrow, pandas)")
+
+    class TinyGPT:  # README "Scale-out", verbatim but for the size of the continuation
+        def __init__(self, path, threads):
+            import tinygpt as tg
+            self.m = tg.load(path, threads=threads)
+
+        def __call__(self, batch):
+            n_ctx, nll, ntok = self.m.config.n_ctx, [], []
+            for text in batch["text"]:
+                ids = self.m.tokenizer.encode(str(text)) or [self.m.tokenizer.eot_id]
+                s, k = 0.0, 0
+                for i in range(0, len(ids) - 1, n_ctx):
+                    w = ids[i:i + n_ctx + 1]
+                    x = self.m.logits(w[:-1]).astype(np.float64)
+                    lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+                    s, k = s + float((lse - x[np.arange(len(w) - 1), w[1:]]).sum()), k + len(w) - 1
+                nll.append(s)
+                ntok.append(k)
+            res = self.m.run_batch([(str(t), {"seed": int(i), "max_new_tokens": 8,
+                                                    "context_overflow": "slide"}) for i, t in
+                                    zip(batch["id"], batch["text"])])
+            for _ in res:
+                pass
+            return {"id": batch["id"], "nll_sum": np.array(nll), "n_tokens": np.array(ntok),
+                    "continuation": np.array([r.text for r in res.results], dtype=object)}
+
+    words = "the cat sat on a mat while dogs ran far away".split()
+    rows = [{"id": i, "text": " ".join(words[(i * 3 + j) % len(words)] for j in range(5 + i * 37))}
+            for i in range(12)]  # the longest rows span several 128-token windows
+    ds = ray_local.data.from_items(rows).map_batches(TinyGPT, fn_constructor_args=(str(tiny_converted), 1),
+                                                     num_cpus=1, concurrency=2, batch_size=4)
+    out = sorted(ds.take_all(), key=lambda r: r["id"])
+    for r in out:
+        assert r["continuation"] == model.generate(rows[r["id"]]["text"], max_new_tokens=8, seed=r["id"],
+                                                   context_overflow="slide")
+    # the sums add across shards: the total equals one pass over all rows here
+    total_nll = total_tok = 0.0
+    for row in rows:
+        ids = model.tokenizer.encode(row["text"])
+        for i in range(0, len(ids) - 1, model.config.n_ctx):
+            w = ids[i:i + model.config.n_ctx + 1]
+            lp = log_softmax(model.logits(w[:-1]))
+            total_nll -= float(lp[np.arange(len(w) - 1), w[1:]].sum())
+            total_tok += len(w) - 1
+    assert sum(r["n_tokens"] for r in out) == total_tok
+    assert abs(sum(r["nll_sum"] for r in out) - total_nll) <= 1e-6 * total_nll

@@ -137,9 +137,22 @@ class SpyEngine:
 
     def __init__(self, engine):
         self.engine, self.closed_early, self.finished = engine, 0, 0
+        self.slow_ids, self.generate_cancelled = None, 0
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
+
+    async def generate(self, prompt, **options):
+        """The engine's generate; the prompt `slow_ids` first waits (a request that is still running when its
+        client goes away, however fast the machine)."""
+        import asyncio
+        try:
+            if self.slow_ids is not None and list(prompt) == self.slow_ids:
+                await asyncio.sleep(30)
+            return await self.engine.generate(prompt, **options)
+        except asyncio.CancelledError:
+            self.generate_cancelled += 1
+            raise
 
     def stream(self, prompt, **options):
         inner = self.engine.stream(prompt, **options)
@@ -379,6 +392,34 @@ def test_disconnect_frees_the_sequence(srv):
         assert time.monotonic() - t0 < 10, "the engine stream was not closed after the client left"
         time.sleep(0.01)
     wait_idle(srv.port)
+
+
+def test_disconnect_cancels_a_plain_request(srv, model):
+    srv.spy.slow_ids = model.tokenizer.encode("slow marker")
+    before = srv.spy.generate_cancelled
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request("POST", "/v1/completions", body=json.dumps({"model": MODEL_ID, "prompt": "slow marker"}),
+              headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    time.sleep(0.5)
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.close()
+    t0 = time.monotonic()
+    while srv.spy.generate_cancelled == before:
+        assert time.monotonic() - t0 < 10, "the engine call outlived its client"
+        time.sleep(0.01)
+    wait_idle(srv.port)
+
+
+def test_chunked_body_over_the_cap_is_413(srv):
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    chunks = (b'{"prompt": "' + b"x" * 65536 for _ in range(64))  # 4 MiB, no Content-Length
+    c.request("POST", "/v1/completions", body=chunks, encode_chunked=True,
+              headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json",
+                       "Transfer-Encoding": "chunked"})
+    r = c.getresponse()
+    out = json.loads(r.read())
+    c.close()
+    assert r.status == 413 and out["error"]["code"] == "request_too_large"
 
 
 # -- load ---------------------------------------------------------------------------------------------------------

@@ -307,6 +307,8 @@ BAD = [
     ("prompt mixed", {"prompt": ["a", 1]}, 400, "prompt"),
     ("prompt empty list", {"prompt": []}, 400, "prompt"),
     ("n zero", {"prompt": "x", "n": 0}, 400, "n"),
+    ("n over max_batch", {"prompt": "x", "n": 17}, 400, "n"),
+    ("prompt too long to tokenize", {"prompt": "x" * 200_000}, 400, "prompt"),
     ("stop list of ints", {"prompt": "x", "stop": [1]}, 400, "stop"),
     ("five stops", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("negative seed", {"prompt": "x", "seed": -1}, 400, "seed"),

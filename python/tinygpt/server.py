@@ -511,9 +511,20 @@ def create_app(model, *, model_id: str = "gpt2", api_key: str | None = None, eng
             return res, plp
         return await _gather_or_cancel([one(ids, e) for ids, _, e in enc])
 
+    # A token is at most this many bytes, so a longer string cannot fit the context: refuse it before spending
+    # CPU on its BPE.
+    max_token_bytes = max(len(tok.decode_bytes([i])) for i in range(tok.n_vocab))
+
     async def completions(request: Request):
         body = await json_body(request)
         req = parse_completion(body, st.model_id, n_vocab)
+        if req.n > st.engine.max_batch:  # the n samples of a prompt run in one batch
+            raise APIError(400, f"'n' must be <= {st.engine.max_batch} (the server's --max-batch), got {req.n}",
+                           param="n")
+        for p in req.prompts:
+            if isinstance(p, str) and len(p.encode("utf-8", "surrogatepass")) > n_ctx * max_token_bytes:
+                raise APIError(400, f"the prompt is longer than this model's context of {n_ctx} tokens can be",
+                               param="prompt", code="context_length_exceeded")
         enc = await encode(req.prompts)
         check_context(req, enc)
         cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())

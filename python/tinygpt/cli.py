@@ -225,7 +225,7 @@ def _cmd_tokenize(a) -> int:
 
 def _cmd_serve(a) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
         from . import server
     except ImportError as e:
@@ -236,6 +236,8 @@ def _cmd_serve(a) -> int:
     for name in ("max_batch", "max_queue", "port"):
         if getattr(a, name) < 1:
             raise TinyGPTError(f"--{name.replace('_', '-')} must be >= 1")
+    if not a.grace >= 0:
+        raise TinyGPTError("--grace must be >= 0 seconds")
     progress = _progress_printer() if sys.stderr.isatty() else None
     model = load(a.model, a.backend, dtype=a.dtype, threads=a.threads, offline=a.offline, cache_dir=a.cache_dir,
                  revision=a.revision, progress=progress)

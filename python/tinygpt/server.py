@@ -25,8 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from .errors import (ContextOverflowError, EngineClosedError, InvalidArgumentError, QueueFullError,
-                     TinyGPTError)
+from .errors import ContextOverflowError, EngineClosedError, QueueFullError, TinyGPTError
 
 MAX_BODY = 2 * 1024 * 1024  # bytes; a 1024-token prompt is ~5 kB of text or ~7 kB of ids
 MAX_STOP = 4                # OpenAI's limits
@@ -504,6 +503,9 @@ def create_app(model, *, model_id: str = "gpt2", api_key: str | None = None, eng
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
+    async def _none():
+        return None
+
     async def complete(req, enc):
         async def one(ids, echo_ids):
             gen = st.engine.generate(ids, **engine_opts(req)) if req.max_tokens > 0 else _none()
@@ -547,7 +549,7 @@ def create_app(model, *, model_id: str = "gpt2", api_key: str | None = None, eng
                     w = _LogprobWriter(tok, req.logprobs)
                     if req.echo:
                         lp = w.add(echo_ids, plp)
-                    glp = getattr(r, "logprobs", None) if r else None
+                    glp = r.logprobs if r else None
                     if r and r.finish_reason == "stop":  # tokens past a stop string are not in the text
                         keep, w2 = 0, _LogprobWriter(tok, 0)
                         for t in toks:
@@ -662,9 +664,6 @@ def create_app(model, *, model_id: str = "gpt2", api_key: str | None = None, eng
 
         return _EventStream(events())
 
-    async def _none():
-        return None
-
     # -- other endpoints --
     def model_card():
         return {"id": st.model_id, "object": "model", "created": st.created, "owned_by": "tinygpt",
@@ -766,7 +765,7 @@ class Server:
                 app.state.tinygpt.draining = True
                 super().handle_exit(sig, frame)
 
-        cfg = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(grace_s),
+        cfg = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=max(1, math.ceil(grace_s)),
                              lifespan="on")
         self._srv = _Uvicorn(cfg)
         try:  # bind here so a busy port is a typed error, not uvicorn's log line and exit

@@ -232,6 +232,21 @@ def test_openai_n_and_stop(client, model):
     assert r.choices[0].finish_reason == "stop"
 
 
+def test_openai_penalties_and_logit_bias(client, model):
+    """Passed to the sampler when this tinygpt has them (the same text as in process), else a 400 naming them."""
+    body = dict(presence_penalty=0.5, frequency_penalty=0.3, logit_bias={"13": -100, "11": 5})
+    if {"presence_penalty", "frequency_penalty", "logit_bias"} <= tserver._SAMPLER:
+        r = client.completions.create(model=MODEL_ID, prompt="Say it", max_tokens=10, seed=4, **body)
+        want = model.generate("Say it", max_new_tokens=10, seed=4, presence_penalty=0.5, frequency_penalty=0.3,
+                              logit_bias=((11, 5.0), (13, -100.0)))
+        assert r.choices[0].text == want
+    else:
+        for k, v in body.items():
+            with pytest.raises(openai.BadRequestError) as e:
+                client.completions.create(model=MODEL_ID, prompt="Say it", max_tokens=10, **{k: v})
+            assert k in str(e.value)
+
+
 def test_openai_streaming(client, model, srv):
     chunks = list(client.completions.create(model=MODEL_ID, prompt=["Hi", "Yo"], max_tokens=9, n=2, seed=21,
                                             stream=True, stream_options={"include_usage": True}))
@@ -315,8 +330,9 @@ BAD = [
     ("logprobs 6", {"prompt": "x", "logprobs": 6}, 400, "logprobs"),
     ("stream str", {"prompt": "x", "stream": "yes"}, 400, "stream"),
     ("unknown field", {"prompt": "x", "max_tokns": 5}, 400, "max_tokns"),
-    ("unsupported penalty", {"prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
-    ("unsupported logit_bias", {"prompt": "x", "logit_bias": {"50256": -100}}, 400, "logit_bias"),
+    ("presence_penalty 3", {"prompt": "x", "presence_penalty": 3}, 400, "presence_penalty"),
+    ("logit_bias outside the vocabulary", {"prompt": "x", "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
+    ("suffix", {"prompt": "x", "suffix": "the end"}, 400, "suffix"),
     ("best_of", {"prompt": "x", "best_of": 3}, 400, "best_of"),
     ("max_tokens beyond context", {"prompt": "x", "max_tokens": 10_000}, 400, "max_tokens"),
     ("max_tokens 0 without echo", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
@@ -338,7 +354,7 @@ def test_bad_request_gets_openai_error(srv, name, body, status, param):
     assert isinstance(err["message"], str) and err["message"] and "type" in err and "code" in err
     if param:
         assert err["param"] == param, err
-        if status == 400 and "unsupported" in name or "unknown field" in name:
+        if name in ("unknown field", "suffix"):
             assert param in err["message"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import dataclasses
 import hmac
 import json
 import math
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from .errors import ContextOverflowError, EngineClosedError, QueueFullError, TinyGPTError
+from .sampling import SamplingOptions
 
 MAX_BODY = 2 * 1024 * 1024  # bytes; a 1024-token prompt is ~5 kB of text or ~7 kB of ids
 MAX_STOP = 4                # OpenAI's limits
@@ -35,11 +37,15 @@ MAX_CHOICES = 256           # prompts x n in one request
 DEFAULT_MAX_TOKENS = 16     # OpenAI's default
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-# Accepted only at the value that means "off" (OpenAI's default), so a client that sends the default still works
-# and one that asks for the feature gets a 400 instead of a silently different answer.
-_OFF_ONLY = {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logit_bias": ({},), "suffix": ("",)}
+# OpenAI options that are passed to the engine under the same name when this tinygpt's sampler has them;
+# otherwise, like `suffix`, they are accepted only at the value that means "off" (OpenAI's default), so a client
+# that sends the default still works and one that asks for the feature gets a 400, never a silently different answer.
+_SAMPLER = {f.name for f in dataclasses.fields(SamplingOptions)}
+_PASSED = {"frequency_penalty", "presence_penalty", "logit_bias"}
+_OFF_ONLY = {k: v for k, v in {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logit_bias": ({},),
+                               "suffix": ("",)}.items() if k not in _SAMPLER}
 _FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
-           "logprobs", "echo", "user", "best_of", "top_k", "ignore_eos", *_OFF_ONLY}
+           "logprobs", "echo", "user", "best_of", "top_k", "ignore_eos", "suffix", *_PASSED}
 
 
 class APIError(Exception):
@@ -195,6 +201,17 @@ def parse_completion(body: dict, model_id: str, n_vocab: int) -> Completion:
                 top_p=_get_num(body, "top_p", 1.0, 0.0, 1.0),
                 top_k=_get_int(body, "top_k", 0, 0), seed=seed, stop=tuple(stop or ()),
                 ignore_eos=_get_bool(body, "ignore_eos"))
+    for name in ("presence_penalty", "frequency_penalty"):
+        if name in _SAMPLER:
+            opts[name] = _get_num(body, name, 0.0, -2.0, 2.0)
+    if "logit_bias" in _SAMPLER and body.get("logit_bias"):
+        lb = body["logit_bias"]
+        if not isinstance(lb, dict) or not all(
+                k.isdigit() and int(k) < n_vocab and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v) and -100 <= v <= 100 for k, v in lb.items()):
+            raise APIError(400, f"'logit_bias' must map token ids (0..{n_vocab - 1}, as strings) to numbers in "
+                                "[-100, 100]", param="logit_bias")
+        opts["logit_bias"] = tuple(sorted((int(k), float(v)) for k, v in lb.items()))
     if opts["top_p"] == 0.0:
         raise APIError(400, "'top_p' must be > 0", param="top_p")
     echo = _get_bool(body, "echo")

@@ -1,4 +1,4 @@
-"""The `tinygpt` command: generate, convert, info, tokenize. The only module that prints.
+"""The `tinygpt` command: generate, convert, info, tokenize, serve. The only module that prints.
 
 Expected errors print one line on stderr and exit 1; usage errors exit 2 (argparse).
 """
@@ -184,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "the unsharded one (add the JSON sums)")
     pp.add_argument("--json", action="store_true", help="print one JSON object (per file and total)")
     pp.add_argument("-q", "--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal)")
+
+    s = sub.add_parser("serve", help="OpenAI-compatible completions server (needs tinygpt[serve])",
+                       description="Serve MODEL over HTTP: /v1/completions (OpenAI Completions API, SSE streaming), "
+                                   "/v1/models, /health, /metrics, /tokenize, /detokenize. Requests share one "
+                                   "batched engine. SIGTERM finishes in-flight requests, then exits 0.")
+    _add_model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="default 8000")
+    s.add_argument("--api-key", default=os.environ.get("TINYGPT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: TINYGPT_API_KEY, else no key)")
+    s.add_argument("--model-name", default=None, help="model id clients send (default: the -m value)")
+    s.add_argument("--max-batch", type=int, default=16, help="sequences per forward step (default 16)")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond that get 429 (default 64)")
+    s.add_argument("--grace", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     return ap
 
 
@@ -478,6 +492,37 @@ def _cmd_perplexity(a) -> int:
     return 0
 
 
+def _cmd_serve(a) -> int:
+    try:
+        import uvicorn  # noqa: F401
+
+        from . import server
+    except ImportError as e:
+        raise TinyGPTError(f"serve needs the serve extra: pip install 'tinygpt[serve]' ({e})") from None
+    import signal
+
+    from .model import load
+    for name in ("max_batch", "max_queue", "port"):
+        if getattr(a, name) < 1:
+            raise TinyGPTError(f"--{name.replace('_', '-')} must be >= 1")
+    if not a.grace >= 0:
+        raise TinyGPTError("--grace must be >= 0 seconds")
+    progress = _progress_printer() if sys.stderr.isatty() else None
+    model = load(a.model, a.backend, dtype=a.dtype, threads=a.threads, offline=a.offline, cache_dir=a.cache_dir,
+                 revision=a.revision, progress=progress)
+    app = server.create_app(model, model_id=a.model_name or a.model, api_key=a.api_key, max_batch=a.max_batch,
+                            max_queue=a.max_queue, grace_s=a.grace)
+    srv = server.Server(app, host=a.host, port=a.port, grace_s=a.grace)
+    # uvicorn re-raises the signal that stopped it under the previous handler: make that a no-op so a graceful
+    # SIGTERM ends with status 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    print(f"tinygpt: serving {a.model} ({model.backend_name}, {model.dtype}) on http://{a.host}:{a.port}/v1",
+          file=sys.stderr, flush=True)
+    srv.run()
+    return 0 if srv.started else 1
+
+
 def main(argv=None) -> int:
     if sys.stderr is None:  # `2>&-`: nowhere to report anything
         sys.stderr = open(os.devnull, "w")
@@ -488,7 +533,7 @@ def main(argv=None) -> int:
         if sys.stdout is None:  # `>&-`
             raise TinyGPTError("standard output is closed; redirect it to a file or /dev/null instead")
         return {"generate": _cmd_generate, "convert": _cmd_convert, "info": _cmd_info,
-                "tokenize": _cmd_tokenize, "perplexity": _cmd_perplexity}[args.cmd](args)
+                "tokenize": _cmd_tokenize, "perplexity": _cmd_perplexity, "serve": _cmd_serve}[args.cmd](args)
     except TinyGPTError as e:
         _error(str(e))
         return 1

@@ -1,13 +1,16 @@
 """Turn a pytest-benchmark JSON (pytest bench/ --benchmark-only --benchmark-json=F) into Markdown tables:
-end-to-end prefill/decode tokens/s with ratios against the peers in the same run, peak RSS, and kernels.
+end-to-end prefill/decode tokens/s with ratios against the peers in the same run, peak RSS, kernels, and the
+batched decode of bench_batch.py (aggregate tok/s, ratios, the scaling curve against the GEMM peak).
 
-usage: python bench/report.py F.json [G.json ...]
+usage: python bench/report.py F.json [G.json ...] [--plot PNG]
 With several files (e.g. round robins run in separate processes) it then prints each tinygpt runner's decode
-ratio against every peer as the median over the runs, with the smallest and largest.
+ratio against every peer as the median over the runs, with the smallest and largest. A scaling curve (from
+bench_batch_scaling) is drawn to PNG (default: beside the first JSON, NAME-scaling.png) when matplotlib is installed.
 """
 import json
 import statistics
 import sys
+from pathlib import Path
 
 
 def main(data):
@@ -94,10 +97,129 @@ def across_runs(datas):
     print()
 
 
+def batched(data):
+    """bench_batch_round_robin: aggregate decode tok/s of 8 sequences, same-pass ratios against each reference."""
+    for b in data["benchmarks"]:
+        x = b["extra_info"].get("batched")
+        if not x:
+            continue
+        refs = x["refs"]
+        print(f"Batched decode, {x['size']}: B = {x['B']} prompts of {min(x['prompt_lens'])}-{max(x['prompt_lens'])} "
+              f"tokens, {x['n_new']} new greedy tokens each, threads {x['threads']}; round robin, medians of "
+              f"{x['passes']} passes; ratios taken within each pass:\n")
+        print("| runner | aggregate decode tok/s | per-sequence tok/s | prefill ms | GFLOP/s | "
+              + " | ".join(f"x {r}" for r in refs) + " |")
+        print("|---|---|---|---|---|" + "---|" * len(refs))
+        for name, v in x["runners"].items():
+            cells = " | ".join(f"{v['ratios'][r]:.2f}" if r in v["ratios"] else "1" for r in refs)
+            print(f"| {name} | {v['agg_decode_tok_s']} | {v['per_seq_tok_s']} | {v['prefill_ms']} | {v['gflop_s']} "
+                  f"| {cells} |")
+        eq = ", ".join(k for k, ok in x["tokens_equal_one_at_a_time"].items() if ok)
+        print(f"\ngreedy tokens equal to the same prompts run one at a time (asserted every pass): {eq}")
+        same = x.get("same_tokens_as_tinygpt_fp32") or {}
+        if same:
+            print("peers' sequences with the same 128 tokens as tinygpt fp32: "
+                  + "; ".join(f"{k}: {n}/{x['B']}" for k, n in same.items()))
+        for peer, why in x.get("skipped", {}).items():
+            print(f"skipped {peer}: {why}")
+        print()
+
+
+def compute_bound_from(step_ms, Bs):
+    """First B whose doubling costs >= 1.5x the step time: from there most of each added row's work is paid in
+    time (a memory-bound step is nearly flat in B, a compute-bound one doubles). None if it never happens."""
+    for i in range(len(Bs) - 1):
+        if Bs[i + 1] == 2 * Bs[i] and step_ms[i + 1] >= 1.5 * step_ms[i]:
+            return Bs[i]
+    return None
+
+
+def scaling(data, plot_path):
+    for b in data["benchmarks"]:
+        x = b["extra_info"].get("scaling")
+        if not x:
+            continue
+        Bs, peak = x["B"], x.get("gemm_peak_gflop_s")
+        kern = "; ".join(f"{k['internal_api']} {k['architecture']} x{k['num_threads']}" for g in x["gemm"]
+                         for k in g.get("blas", [])[:1])
+        print(f"Batched decode scaling, {x['size']}, threads {x['threads']}, medians of {x['passes']} passes; "
+              f"fp32 GEMM peak of this run (best of before/after, {kern or 'no BLAS info'}): {peak} GFLOP/s\n")
+        print("| runner | B | aggregate tok/s | x B=1 | per-sequence tok/s | step ms | GFLOP/s | % of GEMM peak |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, c in x["runners"].items():
+            for i, B in enumerate(Bs):
+                pct = f"{100 * c['gflop_s'][i] / peak:.0f}" if peak else ""
+                print(f"| {name} | {B} | {c['agg_decode_tok_s'][i]} | {c['agg_decode_tok_s'][i] / c['agg_decode_tok_s'][0]:.2f} "
+                      f"| {c['per_seq_tok_s'][i]} | {c['step_ms'][i]} | {c['gflop_s'][i]} | {pct} |")
+        print()
+        for name, c in x["runners"].items():
+            at = compute_bound_from(c["step_ms"], Bs)
+            i = Bs.index(at) if at else len(Bs) - 1
+            pct = f", {100 * c['gflop_s'][i] / peak:.0f}% of the GEMM peak there" if peak else ""
+            print(f"- {name}: " + (f"turns compute-bound from B = {at} (doubling B to {2 * at} costs "
+                                   f"{c['step_ms'][i + 1] / c['step_ms'][i]:.2f}x the step time){pct}" if at else
+                                   f"step time never grew >= 1.5x per doubling up to B = {Bs[-1]}{pct}"))
+        print("\n(greedy tinygpt fp32 at B = 1 screens the LM head, so its FLOP count, taken for the full head, is "
+              "an overstatement there.)")
+        for peer, why in x.get("skipped", {}).items():
+            print(f"skipped {peer}: {why}")
+        print()
+        draw(x, plot_path)
+
+
+def draw(x, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib, or the `bench` extra)\n")
+        return
+    Bs = x["B"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, c in x["runners"].items():
+        style = dict(ls="--", marker="s") if name.startswith("llama.cpp") else dict(ls="-", marker="o")
+        axes[0].plot(Bs, c["agg_decode_tok_s"], label=name, **style)
+        axes[1].plot(Bs, c["per_seq_tok_s"], label=name, **style)
+    for ax, title in zip(axes, ("aggregate decode tok/s", "per-sequence decode tok/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(Bs, [str(b) for b in Bs])
+        ax.set_xlabel("sequences in the batch (B)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"GPT-2 {x['size']} batched greedy decode, {x['threads']} threads "
+                 f"(fp32 GEMM peak {x.get('gemm_peak_gflop_s')} GFLOP/s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"scaling plot: {path}\n")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python bench/report.py F.json [G.json ...]")
-    datas = [json.load(open(f)) for f in sys.argv[1:]]
-    for data in datas:
+    args = sys.argv[1:]
+    plot = None
+    if "--plot" in args:
+        i = args.index("--plot")
+        if i + 1 >= len(args):
+            sys.exit("usage: python bench/report.py F.json [G.json ...] [--plot PNG]")
+        plot = args[i + 1]
+        del args[i:i + 2]
+    if not args:
+        sys.exit("usage: python bench/report.py F.json [G.json ...] [--plot PNG]")
+    datas = []
+    for f in args:
+        try:
+            datas.append(json.load(open(f)))
+        except (OSError, ValueError) as e:
+            sys.exit(f"report.py: error: {f}: {e}")
+        if not isinstance(datas[-1], dict) or "benchmarks" not in datas[-1]:
+            sys.exit(f"report.py: error: {f} is not a pytest-benchmark JSON (no 'benchmarks')")
+    for k, data in enumerate(datas):
         main(data)
+        batched(data)
+        png = Path(args[k]).with_name(Path(args[k]).stem + "-scaling.png")
+        if plot:
+            png = Path(plot) if k == 0 else Path(plot).with_name(f"{Path(plot).stem}-{k}.png")
+        scaling(data, png)
     across_runs(datas)

@@ -2,11 +2,12 @@
 //
 // One arithmetic for every output element, whatever M, the row's place in the batch or the thread split (row
 // invariance: a sequence's values do not depend on what it is batched with). Output (m, n) is a dot product of
-// two contiguous rows: one vector accumulator from 0, lane l taking k = l, l + VW, l + 2 VW, ... in order
-// (zero-padded past K), then one fixed reduction tree (hsum), then the epilogue in vector arithmetic (times the
-// int8 row scale, plus bias, GELU, plus out), tails included (a padded vector: sgelu would differ from vgelu).
-// Lanes over K let the decode GEMV read weight rows as plain sequential streams (no transposition, the DRAM
-// floor), and the prefill GEMM read them in place: a register tile of MT rows of A by R rows of W.
+// two contiguous rows in vector steps of VW k's (the last one zero-padded past K): even steps FMA into one vector
+// accumulator, odd steps into another, each in k order from 0; then hsum(acc0 + acc1) with one fixed reduction
+// tree; then the epilogue in vector arithmetic (times the int8 row scale, plus bias, GELU, plus out), tails
+// included (a padded vector: sgelu would differ from vgelu). This is the old decode GEMV's order, so decode keeps
+// its speed: weight rows are read as plain sequential streams, no transposition. The prefill GEMM computes the
+// same thing on packed operands (gemm_tile). The order differs between ISA levels (lane count), not within one.
 // Small M (decode): each thread walks S distant parts of its rows in lockstep (S DRAM streams), every weight
 // read once for all M rows. Larger M (prefill): A in L2-sized blocks of rows, W in L1-sized groups of rows.
 #include "omp_compat.h"

@@ -112,3 +112,27 @@ def bench_gemv_placement(benchmark, impl):
     run_pedantic(benchmark, lambda: call(impl, out, x, (w0, None), "float32"))
     benchmark.extra_info.update(kernel="matmul", mode="decode placement", N=N, K=K, wdtype="float32",
                                 gb_s=round(w0.nbytes / median_s(benchmark) / 1e9, 2), gb_s_per_copy=per_copy)
+
+
+@pytest.mark.parametrize("M", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("shape", ["qkv", "lm_head"])
+@pytest.mark.parametrize("impl", backend_params(include_numpy=False))
+def bench_decode_small_m(benchmark, impl, shape, wdtype, M):
+    """Batched decode: M rows against DRAM-cold weights (each weight read once for all M rows). rows_s is the
+    aggregate rate, to set against M = 1: it should grow with M until the kernel turns compute-bound."""
+    skip_unsupported(impl, wdtype)
+    N, K = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    n_copies = max(2, int(256e6 // (N * K * 4)))
+    ws = [make(rng, N, K, wdtype) for _ in range(n_copies)]
+    x = rng.standard_normal((M, K), np.float32)
+    out = np.empty((M, N), np.float32)
+    it = iter(range(10**9))
+
+    def fn():
+        call(impl, out, x, ws[next(it) % n_copies], wdtype)
+    run_pedantic(benchmark, fn, rounds=20)
+    benchmark.extra_info.update(kernel="matmul", mode="decode batch", M=M, N=N, K=K, wdtype=wdtype,
+                                rows_s=round(M / median_s(benchmark)),
+                                gb_s=round(ws[0][0].nbytes / median_s(benchmark) / 1e9, 2))

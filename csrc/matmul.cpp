@@ -2,11 +2,12 @@
 //
 // One arithmetic for every output element, whatever M, the row's place in the batch or the thread split (row
 // invariance: a sequence's values do not depend on what it is batched with). Output (m, n) is a dot product of
-// two contiguous rows: one vector accumulator from 0, lane l taking k = l, l + VW, l + 2 VW, ... in order
-// (zero-padded past K), then one fixed reduction tree (hsum), then the epilogue in vector arithmetic (times the
-// int8 row scale, plus bias, GELU, plus out), tails included (a padded vector: sgelu would differ from vgelu).
-// Lanes over K let the decode GEMV read weight rows as plain sequential streams (no transposition, the DRAM
-// floor), and the prefill GEMM read them in place: a register tile of MT rows of A by R rows of W.
+// two contiguous rows in vector steps of VW k's (the last one zero-padded past K): even steps FMA into one vector
+// accumulator, odd steps into another, each in k order from 0; then hsum(acc0 + acc1) with one fixed reduction
+// tree; then the epilogue in vector arithmetic (times the int8 row scale, plus bias, GELU, plus out), tails
+// included (a padded vector: sgelu would differ from vgelu). This is the old decode GEMV's order, so decode keeps
+// its speed: weight rows are read as plain sequential streams, no transposition. The prefill GEMM computes the
+// same thing on packed operands (gemm_tile). The order differs between ISA levels (lane count), not within one.
 // Small M (decode): each thread walks S distant parts of its rows in lockstep (S DRAM streams), every weight
 // read once for all M rows. Larger M (prefill): A in L2-sized blocks of rows, W in L1-sized groups of rows.
 #include "omp_compat.h"
@@ -57,6 +58,25 @@ static inline float hsum(V v) {
     return _mm_cvtss_f32(s);
 #else
     return (v.x[0] + v.x[2]) + (v.x[1] + v.x[3]);
+#endif
+}
+
+// out[i] = hsum(v[i]) for 4 vectors at once, bit for bit (the same pairs added in the same tree, transposed:
+// ~13 instructions instead of ~32 on AVX-512).
+static inline void hsum4(const V* v, float* out) {
+#if defined(TG_AVX512)
+    const V s01 = vadd(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2)));  // j + j + 8
+    const V s23 = vadd(_mm512_shuffle_f32x4(v[2], v[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(v[2], v[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    V t = vadd(_mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+               _mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1)));  // j + j + 4: quad i is v[i]'s
+    t = vadd(t, _mm512_shuffle_ps(t, t, _MM_SHUFFLE(3, 2, 3, 2)));         // j + j + 2
+    t = vadd(t, _mm512_movehdup_ps(t));                                     // j + j + 1: lane 4 i
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                                                      0, 0, 12, 8, 4, 0), t)));
+#else
+    for (int i = 0; i < 4; i++) out[i] = hsum(v[i]);
 #endif
 }
 
@@ -112,8 +132,15 @@ inline void tile(float* C, int ldc, const int* col /*[R]*/, const float* const* 
             }
         }
     }
-    for (int i = 0; i < MT; i++)
-        for (int j = 0; j < R; j++) C[(size_t)i * ldc + col[j]] = hsum(vadd(acc0[i][j], acc1[i][j]));
+    for (int i = 0; i < MT; i++) {
+        float y[R];
+        V t[R];
+        for (int j = 0; j < R; j++) t[j] = vadd(acc0[i][j], acc1[i][j]);
+        int j = 0;
+        for (; j + 4 <= R; j += 4) hsum4(t + j, y + j);
+        for (; j < R; j++) y[j] = hsum(t[j]);
+        for (j = 0; j < R; j++) C[(size_t)i * ldc + col[j]] = y[j];
+    }
 }
 
 // C[i * ldc + col[j]] = a[i] . w[j] for mt <= MT_MAX rows of A and r weight rows, in the widest tiles that fit.
@@ -200,15 +227,20 @@ inline void gemm_tile(float* s, float* st, const float* ap, const float* wp, int
             for (int j = 0; j < R; j++) acc0[i][j] = vfma(av, wv[j], acc0[i][j]);
         }
     }
-    for (int i = 0; i < MT; i++)
-        for (int j = 0; j < R; j++) {
-            if (last) {
-                s[i * R + j] = hsum(vadd(acc0[i][j], acc1[i][j]));
-            } else {
+    for (int i = 0; i < MT; i++) {
+        if (last) {
+            V t[R];
+            for (int j = 0; j < R; j++) t[j] = vadd(acc0[i][j], acc1[i][j]);
+            int j = 0;
+            for (; j + 4 <= R; j += 4) hsum4(t + j, s + i * R + j);
+            for (; j < R; j++) s[i * R + j] = hsum(t[j]);
+        } else {
+            for (int j = 0; j < R; j++) {
                 vstore(st + ((i * R + j) * 2) * VW, acc0[i][j]);
                 vstore(st + ((i * R + j) * 2 + 1) * VW, acc1[i][j]);
             }
         }
+    }
 }
 
 // C[i * ldc + j] for an mt x r block (mt <= MT_MAX, r <= 4) over steps [k0, k1); st: 2 * mt * r vectors.
@@ -359,6 +391,13 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
                     const int r = imin(4, nc - j0);
                     for (int j = 0; j < r; j++) w[j] = W + (int64_t)(n0 + j0 + j) * K;
                     pack_w(Wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
+                    // the next group's rows into L2 while this one computes: the packer then need not wait on
+                    // L3/DRAM (it stalled for ~15% of a T = 512 GEMM)
+                    if (n0 + j0 + 4 < end) {
+                        const char* nx = (const char*)(W + (int64_t)(n0 + j0 + 4) * K);
+                        const size_t bytes = (size_t)imin(4, end - (n0 + j0 + 4)) * K * sizeof(WT);
+                        for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o, 0, 2);
+                    }
                     for (int k0 = 0; k0 < steps; k0 += KB) {
                         const int k1 = imin(steps, k0 + KB);
                         for (int i0 = 0; i0 < mc; i0 += MT_MAX)

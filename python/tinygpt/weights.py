@@ -28,6 +28,7 @@ _ST_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "I8"}
 SCALE = ".scale"  # suffix of an int8 matrix's per-row scales
 _HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+_MAX_INDEX_BYTES = 16 << 20
 
 
 def expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
@@ -274,10 +275,15 @@ def load_hf_dir(directory: Path, dtype: str | None = None) -> Checkpoint:
         entries, source = _safetensors_entries([SafetensorsFile(single)]), "hf-safetensors"
     elif index.is_file():
         try:
+            if index.stat().st_size > _MAX_INDEX_BYTES:
+                raise ValueError(f"larger than {_MAX_INDEX_BYTES} bytes")
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise WeightsError(f"{index}: corrupt shard index ({e})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as e:
+            raise WeightsError(f"{index}: corrupt shard index ({str(e)[:80]})") from None
+        for s in shards:  # shards sit beside the index: a path elsewhere is a corrupt (or hostile) index
+            if not isinstance(s, str) or Path(s).name != s or s in ("", ".", ".."):
+                raise WeightsError(f"{index}: shard {str(s)[:80]!r} is not a file name in {d}")
         entries, source = _safetensors_entries([SafetensorsFile(d / s) for s in shards]), "hf-safetensors"
     elif (d / "pytorch_model.bin").is_file():
         entries, source = _bin_entries(d / "pytorch_model.bin"), "hf-bin"

@@ -279,3 +279,14 @@ def test_bin_zip_quirks_are_typed(tmp_path):
     good.write_bytes(bytes(data))
     with pytest.raises(tinygpt.WeightsError, match="not a torch zip"):
         load_torch_bin(good)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", 7, ""])
+def test_shard_index_names_stay_in_the_directory(tmp_path, shard):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"n_layer": 1, "n_embd": 4, "n_head": 1, "vocab_size": 8,
+                                               "n_positions": 4}))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": shard}}))
+    with pytest.raises(tinygpt.WeightsError, match="shard"):
+        load_checkpoint(d)

@@ -31,6 +31,7 @@ _HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "ml
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 expected_shapes = weight_shapes  # the schema lives with the model (gpt2.py)
 to_float32, quantize_int8 = dtypes.to_float32, dtypes.quantize_int8
+_MAX_INDEX_BYTES = 16 << 20
 
 
 def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -185,10 +186,15 @@ def load_hf_dir(directory: Path, dtype: str | None = None) -> Checkpoint:
         entries, source = _safetensors_entries([SafetensorsFile(single)]), "hf-safetensors"
     elif index.is_file():
         try:
+            if index.stat().st_size > _MAX_INDEX_BYTES:
+                raise ValueError(f"larger than {_MAX_INDEX_BYTES} bytes")
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise WeightsError(f"{index}: corrupt shard index ({e})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as e:
+            raise WeightsError(f"{index}: corrupt shard index ({str(e)[:80]})") from None
+        for s in shards:  # shards sit beside the index: a path elsewhere is a corrupt (or hostile) index
+            if not isinstance(s, str) or Path(s).name != s or s in ("", ".", ".."):
+                raise WeightsError(f"{index}: shard {str(s)[:80]!r} is not a file name in {d}")
         entries, source = _safetensors_entries([SafetensorsFile(d / s) for s in shards]), "hf-safetensors"
     elif (d / "pytorch_model.bin").is_file():
         entries, source = _bin_entries(d / "pytorch_model.bin"), "hf-bin"

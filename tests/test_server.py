@@ -238,7 +238,7 @@ def test_openai_penalties_and_logit_bias(client, model):
     if {"presence_penalty", "frequency_penalty", "logit_bias"} <= tserver._SAMPLER:
         r = client.completions.create(model=MODEL_ID, prompt="Say it", max_tokens=10, seed=4, **body)
         want = model.generate("Say it", max_new_tokens=10, seed=4, presence_penalty=0.5, frequency_penalty=0.3,
-                              logit_bias=((11, 5.0), (13, -100.0)))
+                              logit_bias={13: -100.0, 11: 5.0})
         assert r.choices[0].text == want
     else:
         for k, v in body.items():

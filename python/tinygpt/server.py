@@ -211,7 +211,7 @@ def parse_completion(body: dict, model_id: str, n_vocab: int) -> Completion:
                 and math.isfinite(v) and -100 <= v <= 100 for k, v in lb.items()):
             raise APIError(400, f"'logit_bias' must map token ids (0..{n_vocab - 1}, as strings) to numbers in "
                                 "[-100, 100]", param="logit_bias")
-        opts["logit_bias"] = tuple(sorted((int(k), float(v)) for k, v in lb.items()))
+        opts["logit_bias"] = {int(k): float(v) for k, v in lb.items()}
     if opts["top_p"] == 0.0:
         raise APIError(400, "'top_p' must be > 0", param="top_p")
     echo = _get_bool(body, "echo")

@@ -517,6 +517,9 @@ def _cmd_serve(a) -> int:
     # SIGTERM ends with status 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    if a.api_key is None and a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tinygpt: warning: listening on {a.host} without --api-key: anyone who can reach it may use it",
+              file=sys.stderr)
     print(f"tinygpt: serving {a.model} ({model.backend_name}, {model.dtype}) on http://{a.host}:{a.port}/v1",
           file=sys.stderr, flush=True)
     srv.run()

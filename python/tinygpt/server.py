@@ -30,8 +30,8 @@ from .errors import ContextOverflowError, EngineClosedError, QueueFullError, Tin
 from .sampling import SamplingOptions
 
 MAX_BODY = 2 * 1024 * 1024  # bytes; a 1024-token prompt is ~5 kB of text or ~7 kB of ids
-MAX_STOP = 4                # OpenAI's limits
-MAX_LOGPROBS = 5
+MAX_STOP = 16               # OpenAI allows 4; lm-evaluation-harness's generate_until tasks may send more
+MAX_LOGPROBS = 5            # OpenAI's limit
 MAX_N = 64
 MAX_CHOICES = 256           # prompts x n in one request
 DEFAULT_MAX_TOKENS = 16     # OpenAI's default

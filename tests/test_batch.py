@@ -130,9 +130,12 @@ def test_n_samples_share_one_prefill(models, backend):
 def test_batch_stream_pieces_are_tagged(models):
     m = models("cpu")
     run = m.stream(PROMPTS[:3], max_new_tokens=8, temperature=0, ignore_eos=True)
-    texts = ["", "", ""]
+    texts, finish = ["", "", ""], [None] * 3
     for piece in run:
+        assert finish[piece.index] is None  # the piece that carries a finish reason is the sequence's last
         texts[piece.index] += piece.text
+        finish[piece.index] = piece.finish_reason
+    assert finish == [r.finish_reason for r in run.results] == ["length"] * 3
     assert texts == [r.text for r in run.results] == [m.generate(p, max_new_tokens=8, temperature=0,
                                                                   ignore_eos=True) for p in PROMPTS[:3]]
 

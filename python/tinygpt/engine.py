@@ -58,7 +58,8 @@ class AsyncEngine:
 
     # -- public API --------------------------------------------------------------------------------
     async def stream(self, prompt, **options):
-        """Async iterator of Pieces (index = sample, text, tokens, logprobs) for one prompt (n samples)."""
+        """Async iterator of Pieces (index = sample, text, tokens, logprobs, finish_reason on a sample's last piece)
+        for one prompt (n samples)."""
         req = await self._submit_generate(prompt, options)
         try:
             while True:
@@ -215,12 +216,12 @@ class AsyncEngine:
                 self._stats["steps"] += 1
                 self._stats["batch_size"] = n_run
                 self._stats["step_seconds_total"] += now - t0
-                for s, (text, toks, lps) in events:
+                for s, (text, toks, lps, fin) in events:
                     req = owner[id(s)]
                     self._stats["tokens_generated"] += len(toks)
                     if req.t_first is None and toks:
                         req.t_first = now
-                    req.put(("piece", Piece(req.index[id(s)], text, toks, lps)))
+                    req.put(("piece", Piece(req.index[id(s)], text, toks, lps, fin)))
                 for req in list(self._active):
                     if all(s.done for s in req.states):
                         self._retire(req, "done")

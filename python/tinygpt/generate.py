@@ -57,6 +57,7 @@ class Piece(NamedTuple):
     text: str
     tokens: tuple = ()
     logprobs: tuple | None = None
+    finish_reason: str | None = None  # set on a sequence's last piece: "stop" | "length"
 
 
 def sample_seed(base: int, sample: int) -> int:
@@ -104,8 +105,8 @@ class _Decoding:
         self.done = opts.max_new_tokens == 0
 
     def accept(self, out) -> list[tuple]:
-        """Take this step's forward output (logits or argmax); returns the pieces (text, tokens, logprobs) now
-        safe to show."""
+        """Take this step's forward output (logits or argmax); returns the pieces (text, tokens, logprobs,
+        finish reason) now safe to show; the last one of the sequence carries its finish reason."""
         opts, res, tm = self.opts, self.result, self.result.timings
         tok = out if self.want == "argmax" else select(out[-1], opts, self.rng, self.context, len(res.tokens))
         if tok == self.model.tokenizer.eot_id and not opts.ignore_eos:
@@ -138,9 +139,9 @@ class _Decoding:
             self.feed, self.prefilling = np.asarray([tok], np.int32), False
         return pieces
 
-    def _piece(self, text: str) -> tuple:
+    def _piece(self, text: str, finish: str | None = None) -> tuple:
         self.result.text += text
-        out = (text, tuple(self._tokens), tuple(self._lps) if self.logprobs is not None else None)
+        out = (text, tuple(self._tokens), tuple(self._lps) if self.logprobs is not None else None, finish)
         self._tokens, self._lps = [], []
         return out
 
@@ -151,7 +152,7 @@ class _Decoding:
         if hit >= 0:
             self.pending, self.result.finish_reason = self.pending[:hit], "stop"
         piece, self.pending = self.pending, ""
-        return [self._piece(piece)] if piece or self._tokens else []
+        return [self._piece(piece, self.result.finish_reason)]  # always: it carries the finish reason
 
 
 class _Scoring:
@@ -264,8 +265,8 @@ class BatchRun:
 
     def _run(self):
         while self._sched.running():
-            for s, (text, toks, lps) in self._sched.step():
-                yield Piece(self._index[id(s)], text, toks, lps)
+            for s, (text, toks, lps, fin) in self._sched.step():
+                yield Piece(self._index[id(s)], text, toks, lps, fin)
 
 
 class Stream:

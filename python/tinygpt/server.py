@@ -628,6 +628,7 @@ def create_app(model, *, model_id: str = "gpt2", api_key: str | None = None, eng
 
         writers = [[_LogprobWriter(tok, req.logprobs) for _ in range(req.n)] for _ in enc]
         ntok = [[0] * req.n for _ in enc]
+        finish = [[None] * req.n for _ in enc]
 
         def chunk(choices, **extra):
             d = {**head(cid, created), "choices": choices, **extra}
@@ -654,16 +655,15 @@ def create_app(model, *, model_id: str = "gpt2", api_key: str | None = None, eng
                             st.metrics.observe_ttft(time.perf_counter() - t0)
                             first_tok = False
                         ntok[p][x.index] += len(x.tokens)
+                        finish[p][x.index] = x.finish_reason or finish[p][x.index]
                         lp = writers[p][x.index].add(x.tokens, x.logprobs) if req.logprobs is not None else None
                         if x.text or lp:
                             yield chunk([{"index": p * req.n + x.index, "text": x.text, "logprobs": lp,
                                           "finish_reason": None}])
                     elif kind == "end":
-                        # The engine's stream does not say why a sequence ended: all max_tokens used is "length",
-                        # fewer is EOS or a stop string.
+                        # each sequence's last piece says why it ended
                         yield chunk([{"index": p * req.n + j, "text": "", "logprobs": None,
-                                      "finish_reason": "length" if ntok[p][j] >= req.max_tokens else "stop"}
-                                     for j in range(req.n)])
+                                      "finish_reason": finish[p][j] or "length"} for j in range(req.n)])
                         live -= 1
                         if live == 0:
                             break

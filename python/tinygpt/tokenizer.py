@@ -49,6 +49,7 @@ _CACHE_BYTES = 32 << 20
 _CACHE_MAX_PIECE = 64
 _SHORT = 32
 _K = 1 << 32  # pair key stride (ids are below it)
+_MAX_VOCAB = 1 << 20  # as config.LIMITS["n_vocab"]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -76,6 +77,9 @@ class Tokenizer:
     """encode(str) -> list[int], decode(ids) -> str. Thread-safe for concurrent encode/decode."""
 
     def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]]):
+        bad = next((v for v in encoder.values() if type(v) is not int or not 0 <= v < _MAX_VOCAB), None)
+        if bad is not None:  # ids size the decode table: a hostile vocab.json must not ask for 10^12 entries
+            raise WeightsError(f"tokenizer: token id {str(bad)[:40]} is not an integer in 0..{_MAX_VOCAB - 1}")
         self.encoder = encoder
         self.n_vocab = max(encoder.values()) + 1 if encoder else 0
         self.eot_id = encoder.get(EOT)

@@ -3,7 +3,6 @@
 origin), and hostile variants of it. Nothing here contacts a non-loopback address."""
 import hashlib
 import http.server
-import os
 import socket
 import threading
 import time

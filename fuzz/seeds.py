@@ -21,16 +21,15 @@ from tinygpt.weights import Checkpoint, expected_shapes, save_tinygpt  # noqa: E
 MICRO = GPT2Config(n_vocab=8, n_ctx=4, n_embd=4, n_head=1, n_layer=1)
 
 
-def _micro_checkpoint(dtype: str) -> Checkpoint:
+def _micro_checkpoint() -> Checkpoint:
     rng = np.random.default_rng(0)
     t = {k: rng.standard_normal(s).astype(np.float32) for k, s in expected_shapes(MICRO).items()}
-    ck = Checkpoint(MICRO, t, "float32", "tinygpt", Path("micro"), None)
-    return ck
+    return Checkpoint(MICRO, t, "float32", "tinygpt", Path("micro"), None)
 
 
 def safetensors_seeds(out: Path) -> None:
     for dtype in ("float32", "float16", "bfloat16", "int8"):
-        save_tinygpt(_micro_checkpoint("float32"), out / f"micro_{dtype}.safetensors", dtype)
+        save_tinygpt(_micro_checkpoint(), out / f"micro_{dtype}.safetensors", dtype)
     write_safetensors(out / "plain.safetensors", {"a": ("F32", np.arange(3, dtype=np.float32)),
                                                   "b": ("I8", np.arange(4, dtype=np.int8).reshape(2, 2))},
                       {"format": "pt"})

@@ -3,7 +3,6 @@
 origin), and hostile variants of it. Nothing here contacts a non-loopback address."""
 import hashlib
 import http.server
-import os
 import socket
 import threading
 import time
@@ -39,6 +38,7 @@ class Hub(http.server.BaseHTTPRequestHandler):
             data = Hub.files[parts[1]]
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", '"Cj+w/4Ru=="')  # a CDN's base64 ETag: names no cache path, must pass
             self.end_headers()
             if not body_wanted:
                 return
@@ -296,7 +296,7 @@ def test_no_hooks_outside_tinygpt(server):
     import httpx2
     hub.resolve_model("tiny/gpt2", vocab_only=True)
     assert hub._DEADLINE.get() is None
-    r = httpx2.Response(200, headers={"ETag": '"../x"'}, request=httpx2.Request("GET", "http://127.0.0.1/"))
+    r = httpx2.Response(200, headers={"ETag": '"../x"'}, request=httpx2.Request("HEAD", "http://127.0.0.1/"))
     hub._on_response(r)  # outside a tinygpt fetch: no effect
     with hub._guarded(time.monotonic() + 60), pytest.raises(tinygpt.DownloadError, match="unsafe"):
         hub._on_response(r)

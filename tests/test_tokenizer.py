@@ -190,3 +190,12 @@ def test_unicode_policy_matches_tiktoken(tok, tik):
     for i in range(0, len(cps), 500):  # 500 probes per call; newlines keep the probes' pieces apart
         text = "\n".join("a" + chr(c) + "1" + chr(c) + "'s" for c in cps[i:i + 500])
         assert tok.encode(text) == tik.encode_ordinary(text), [hex(c) for c in cps[i:i + 500]][:5]
+
+
+@pytest.mark.parametrize("bad", [10**12, -1, "3", 2.0, True])
+def test_hostile_vocab_ids_refused(tmp_path, bad):
+    import tinygpt
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "b": bad}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(tinygpt.WeightsError, match="token id|mapping token strings to ids"):
+        Tokenizer.from_dir(tmp_path)

@@ -267,7 +267,10 @@ def _on_response(response) -> None:
     if _remaining() is None:
         return
     h = response.headers
-    for name in ("X-Repo-Commit", "X-Linked-Etag", "ETag"):
+    # huggingface_hub takes the file's commit and ETag from the hub's HEAD answers; a CDN's own ETag on the GET
+    # (base64 may hold '/') names no path, so a plain ETag is checked on HEAD answers only
+    names = ("X-Repo-Commit", "X-Linked-Etag") + (("ETag",) if response.request.method == "HEAD" else ())
+    for name in names:
         v = h.get(name)
         if v is None:
             continue

@@ -49,6 +49,7 @@ _CACHE_BYTES = 32 << 20
 _CACHE_MAX_PIECE = 64
 _SHORT = 32
 _K = 1 << 32  # pair key stride (ids are below it)
+_MAX_VOCAB = 1 << 20  # as config.LIMITS["n_vocab"]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -76,6 +77,9 @@ class Tokenizer:
     """encode(str) -> list[int], decode(ids) -> str. Thread-safe for concurrent encode/decode."""
 
     def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]]):
+        bad = next((v for v in encoder.values() if type(v) is not int or not 0 <= v < _MAX_VOCAB), None)
+        if bad is not None:  # ids size the decode table: a hostile vocab.json must not ask for 10^12 entries
+            raise WeightsError(f"tokenizer: token id {str(bad)[:40]} is not an integer in 0..{_MAX_VOCAB - 1}")
         self.encoder = encoder
         self.n_vocab = max(encoder.values()) + 1 if encoder else 0
         self.eot_id = encoder.get(EOT)
@@ -91,10 +95,12 @@ class Tokenizer:
         self.ranks = {pair: r for r, pair in enumerate(merges)}
         # the heap merge works on ids: pair (a, b) -> rank as one int key a * _K + b, rank -> merged id
         self._char_id = {c: encoder[c] for c in byte_enc.values() if c in encoder}
-        self._byte_id_arr = np.array([self._char_id.get(byte_enc[b], -1) for b in range(256)], dtype=np.int64)
+        self._byte_ids = [self._char_id.get(byte_enc[b], -1) for b in range(256)]
         self._byte_pair_rank = None  # [256, 256] rank of each byte pair, built at the first long piece
         self._pair_rank: dict[int, int] = {}
         self._merged_id: list[int] = []
+        self._left_id: list[int] = []  # rank -> the pair it merges
+        self._right_id: list[int] = []
         made = set(self._char_id.values())  # tokens available so far: the bytes, then each merge's result
         for r, (a, b) in enumerate(merges):
             ia, ib, im = encoder.get(a), encoder.get(b), encoder.get(a + b)
@@ -103,6 +109,8 @@ class Tokenizer:
                                    "the vocabulary or not made by an earlier merge (corrupt merges file)")
             self._pair_rank.setdefault(ia * _K + ib, r)
             self._merged_id.append(im)
+            self._left_id.append(ia)
+            self._right_id.append(ib)
             made.add(im)
         self._cache: dict[str, tuple[int, ...]] = {}
         self._cache_bytes = 0
@@ -167,23 +175,35 @@ class Tokenizer:
         candidate pair wait in a bucket per rank, and a heap yields the lowest rank present. A bucket is merged
         left to right, as the loop above does. Merging creates only pairs of higher rank (checked at load:
         a merge's parts come from earlier merges), so a bucket never grows while it is merged. A position is
-        stale when the pair now there has another rank (a rank names one pair). The first buckets (byte
-        pairs) are built with NumPy: most of the time on input that hardly merges."""
-        get, merged = self._pair_rank.get, self._merged_id
-        if self._byte_pair_rank is None:
-            bid = self._byte_id_arr.tolist()
-            self._byte_pair_rank = np.array([[-1 if (r := get(x * _K + y)) is None else r for y in bid] for x in bid],
-                                            dtype=np.int64)
-        a = np.frombuffer(data, np.uint8)
-        n = len(a)
-        sym = self._byte_id_arr[a].tolist()
-        rk = self._byte_pair_rank[a[:-1], a[1:]]
-        idx = np.flatnonzero(rk >= 0)
-        rv = rk[idx]
-        order = np.argsort(rv, kind="stable")  # by rank, then position
-        idx, rv = idx[order], rv[order]
-        starts = np.flatnonzero(np.r_[True, rv[1:] != rv[:-1]]) if len(rv) else np.zeros(0, np.int64)
-        buckets: dict[int, list[int]] = {int(r): p.tolist() for r, p in zip(rv[starts], np.split(idx, starts[1:]))}
+        stale when the pair now there is not the bucket's pair. The first buckets (byte pairs) of a long
+        piece are built with NumPy: most of the time on input that hardly merges."""
+        get, merged, left, right = self._pair_rank.get, self._merged_id, self._left_id, self._right_id
+        n = len(data)
+        buckets: dict[int, list[int]] = {}
+        if n < 512:  # NumPy's fixed costs outweigh its speed on a short piece
+            sym = [self._byte_ids[b] for b in data]
+            for i, r in enumerate(map(get, [x * _K + y for x, y in zip(sym, sym[1:])])):
+                if r is not None:
+                    b = buckets.get(r)
+                    if b is None:
+                        buckets[r] = [i]
+                    else:
+                        b.append(i)
+        else:
+            if self._byte_pair_rank is None:
+                bid = self._byte_ids
+                self._byte_pair_rank = np.array([[-1 if (r := get(x * _K + y)) is None else r for y in bid]
+                                                 for x in bid], dtype=np.int64)
+            a = np.frombuffer(data, np.uint8)
+            sym = np.asarray(self._byte_ids, np.int64)[a].tolist()
+            rk = self._byte_pair_rank[a[:-1], a[1:]]
+            idx = np.flatnonzero(rk >= 0)
+            rv = rk[idx]
+            order = np.argsort(rv, kind="stable")  # by rank, then position
+            idx, rv = idx[order], rv[order]
+            starts = np.flatnonzero(np.r_[True, rv[1:] != rv[:-1]]) if len(rv) else np.zeros(0, np.int64)
+            pos, bounds = idx.tolist(), starts.tolist() + [len(idx)]
+            buckets = {r: pos[b:e] for r, b, e in zip(rv[starts].tolist(), bounds, bounds[1:])}
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prv = list(range(-1, n - 1))
@@ -194,10 +214,10 @@ class Tokenizer:
             r = pop(heap)
             pos = buckets.pop(r)
             pos.sort()
-            m = merged[r]
+            m, x, y = merged[r], left[r], right[r]
             for i in pos:
                 j = nxt[i]
-                if j < 0 or sym[i] < 0 or get(sym[i] * _K + sym[j]) != r:
+                if j < 0 or sym[i] != x or sym[j] != y:  # merged away, or a neighbour changed
                     continue
                 sym[i], sym[j] = m, -1
                 k = nxt[j]
@@ -222,7 +242,7 @@ class Tokenizer:
                             push(heap, r2)
                         else:
                             b.append(p)
-        return tuple(x for x in sym if x >= 0)  # the list's order is the positions' order
+        return tuple(filter((-1).__ne__, sym))  # live symbols; the list's order is the positions' order
 
     def _encode_piece(self, piece: str) -> tuple[int, ...]:
         ids = self._cache.get(piece)

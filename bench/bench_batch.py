@@ -5,20 +5,22 @@ bench_batch_round_robin loads every runner first, then each pass runs each runne
   tinygpt cpu float32 / bfloat16 batched      Model.generate_result(list of 8 prompts): one forward per step
   tinygpt cpu float32 one-at-a-time           the 8 prompts in 8 calls, head screen off (TINYGPT_GREEDY_SCREEN=0):
                                               the single-sequence full-head decode issue 10 takes as the baseline
-  llama.cpp F32 / F16 batched                 one llama_decode per step carrying one token of each of the 8
+  llama.cpp F32 / F16 batched [split-KV]      one llama_decode per step carrying one token of each of the 8
                                               sequence ids (llama-cpp-python's low-level API; context made with
-                                              llama_init_from_model and n_seq_max, which the Llama class cannot set)
+                                              llama_init_from_model and n_seq_max, which the Llama class cannot set),
+                                              with a unified KV cache and with one KV stream per sequence
   transformers cpu float32 generate           GPT2LMHeadModel.generate on the 8 prompts left-padded, greedy
 Greedy tokens of both batched tinygpt runners must equal their one-at-a-time runs (asserted on every pass).
-bench_batch_scaling runs B = 1, 2, 4, 8, 16 for tinygpt fp32/bf16 and llama.cpp F32/F16 the same way, and measures
-the host's fp32 GEMM peak (NumPy/OpenBLAS sgemm in a subprocess) in the same run, so report.py can say where the
-step turns compute-bound.
+bench_batch_scaling runs B = 1, 2, 4, 8, 16 for tinygpt fp32/bf16 and llama.cpp F32/F16 (both KV modes) the same
+way, and measures the host's fp32 GEMM peak (NumPy/OpenBLAS sgemm in a subprocess) in the same run, so report.py
+can say where the step turns compute-bound.
 
 Decode time is the wall time of the 127 steps after the prompt's forward, token choice included (transformers:
 from its first to its last logits-processor call, which leaves out its last token choice). Aggregate decode tok/s =
 all sequences' decode tokens / that time; per-sequence tok/s = aggregate / B (one-at-a-time: its own rate).
 Peers that are not installed are left out and named in extra_info["skipped"] with the reason.
 Run: pytest bench/bench_batch.py --benchmark-only --benchmark-json=batch.json; python bench/report.py batch.json
+Env (besides conftest's): TINYGPT_BENCH_NEW_TOKENS (default 128; fewer only to check that the bench runs).
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ import numpy as np
 import pytest
 
 import tinygpt
+from tinygpt import backends
 from conftest import ROUNDS, bench_sizes, run_pedantic
 
-N_NEW = 128
+N_NEW = int(os.environ.get("TINYGPT_BENCH_NEW_TOKENS", "128"))  # fewer only to check that the bench runs
 B_MAIN = 8
 SCALING_B = (1, 2, 4, 8, 16)
 PEERS = Path(__file__).resolve().parent.parent.parent / "shared" / "peers"
@@ -133,30 +136,48 @@ def gguf_file(model_dir: Path, ftype: str) -> Path:
     return f
 
 
-class LlamaBatched:
-    """llama.cpp's multi-sequence decode: one context with n_seq_max sequences (unified KV cache, as llama.cpp's
-    batched example), prompts prefilled in one llama_decode, then one llama_decode per step with one row per
-    sequence, each asking for its logits; argmax in NumPy over llama_get_logits_ith."""
+class LlamaModel:
+    """One GGUF loaded once; its contexts (LlamaBatched) share the weights."""
 
-    def __init__(self, gguf: Path, n_seq_max: int):
+    def __init__(self, gguf: Path):
         import llama_cpp as L
         self.L = L
         L.llama_backend_init()
         self.model = L.llama_model_load_from_file(str(gguf).encode(), L.llama_model_default_params())
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
+        self.contexts: list[LlamaBatched] = []
+
+    def close(self):
+        for c in self.contexts:
+            c.close()
+        self.L.llama_model_free(self.model)
+
+
+class LlamaBatched:
+    """llama.cpp's multi-sequence decode: a context with n_seq_max sequences, the prompts prefilled in one
+    llama_decode, then one llama_decode per step with one row per sequence, each asking for its logits; argmax in
+    NumPy over llama_get_logits_ith. kv_unified=True is what llama.cpp's batched example and
+    ../shared/peers/llama_batched.py use (one KV buffer: every row's attention spans all sequences' cells, masked);
+    False gives each sequence its own KV stream, which llama.h advises when the sequences share no prefix, as here.
+    Both run, so the comparison is against whichever is faster on the host."""
+
+    def __init__(self, lm: LlamaModel, n_seq_max: int, kv_unified: bool):
+        L = self.L = lm.L
         cp = L.llama_context_default_params()
-        n_ctx = -(-n_seq_max * (96 + N_NEW) // 256) * 256
+        n_ctx = -(-n_seq_max * (96 + N_NEW) // 256) * 256  # split KV: each sequence gets n_ctx / n_seq_max cells
         self.n_rows = max(sum(len(p) for p in prompts(b)) for b in SCALING_B + (B_MAIN,))
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, self.n_rows, self.n_rows
-        cp.n_seq_max, cp.kv_unified = n_seq_max, True
+        cp.n_seq_max, cp.kv_unified = n_seq_max, kv_unified
         cp.n_threads = cp.n_threads_batch = THREADS
-        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.ctx = L.llama_init_from_model(lm.model, cp)
         if not self.ctx:
             raise RuntimeError("llama_init_from_model failed")
-        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(lm.model))
         self.batch = L.llama_batch_init(self.n_rows, 0, n_seq_max)
-        self.info = dict(n_ctx=n_ctx, n_seq_max=n_seq_max, kv_unified=True, threads=THREADS)
+        self.info = dict(n_ctx=n_ctx, n_seq_max=n_seq_max, kv_unified=kv_unified, threads=THREADS,
+                         flash_attn_type=cp.flash_attn_type)
+        lm.contexts.append(self)
 
     def _decode(self, rows):  # rows: (token, pos, seq id, wants logits)
         b, L = self.batch, self.L
@@ -193,13 +214,13 @@ class LlamaBatched:
         return _run(t1 - t0, t2 - t1, len(ps) * (N_NEW - 1), out)
 
     def close(self):
-        L = self.L
-        L.llama_batch_free(self.batch)
-        L.llama_free(self.ctx)
-        L.llama_model_free(self.model)
+        self.L.llama_batch_free(self.batch)
+        self.L.llama_free(self.ctx)
 
 
-def llama_runners(d, n_seq_max, skipped) -> dict:
+def llama_runners(d, n_seq_max, skipped, models: list) -> dict:
+    """{name: runner} for F32 and F16, unified and split KV; the loaded models are appended to `models` (close
+    them when done)."""
     if not importlib.util.find_spec("llama_cpp"):
         skipped["llama.cpp"] = "peer not installed: pip install llama-cpp-python (README: Benchmarks)"
         return {}
@@ -209,7 +230,13 @@ def llama_runners(d, n_seq_max, skipped) -> dict:
     if not importlib.util.find_spec("gguf"):
         skipped["llama.cpp"] = "the GGUF writer needs the gguf package: pip install gguf"
         return {}
-    return {f"llama.cpp {f.upper()}": LlamaBatched(gguf_file(d, f), n_seq_max) for f in ("f32", "f16")}
+    out = {}
+    for f in ("f32", "f16"):
+        lm = LlamaModel(gguf_file(d, f))
+        models.append(lm)
+        out[f"llama.cpp {f.upper()}"] = LlamaBatched(lm, n_seq_max, kv_unified=True)
+        out[f"llama.cpp {f.upper()} split-KV"] = LlamaBatched(lm, n_seq_max, kv_unified=False)
+    return out
 
 
 # -- the GEMM ceiling, in a subprocess so that OpenBLAS picks its own kernel ------------------------------------
@@ -257,14 +284,16 @@ def _settle():
 
 @pytest.mark.parametrize("size", bench_sizes())
 def bench_batch_round_robin(benchmark, model_dir, size):
-    if not tinygpt.backends.status()["cpu"][0]:
-        pytest.skip(f"cpu backend unavailable: {tinygpt.backends.status()['cpu'][1]}")
+    if not backends.status()["cpu"][0]:
+        pytest.skip(f"cpu backend unavailable: {backends.status()['cpu'][1]}")
     d, ps, skipped = model_dir(size), prompts(B_MAIN), {}
     fp32, bf16 = load_tinygpt(d, "float32"), load_tinygpt(d, "bfloat16")
     solo = "tinygpt cpu float32 one-at-a-time"
-    runners = {"tinygpt cpu float32 batched": tinygpt_batched(fp32), "tinygpt cpu bfloat16 batched": tinygpt_batched(bf16),
+    runners = {"tinygpt cpu float32 batched": tinygpt_batched(fp32),
+               "tinygpt cpu bfloat16 batched": tinygpt_batched(bf16),
                solo: tinygpt_one_at_a_time(load_tinygpt(d, "float32", screen="0"))}
-    llama = llama_runners(d, B_MAIN, skipped)
+    llama_models: list = []
+    llama = llama_runners(d, B_MAIN, skipped, llama_models)
     runners.update({f"{k} batched": v for k, v in llama.items()})
     hf = "transformers cpu float32 generate"
     if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
@@ -290,8 +319,8 @@ def bench_batch_round_robin(benchmark, model_dir, size):
         one_pass(False)
         run_pedantic(benchmark, lambda: one_pass(True), rounds=ROUNDS)
     finally:
-        for r in llama.values():
-            r.close()
+        for lm in llama_models:
+            lm.close()
     ck = fp32.checkpoint.config
     flop = decode_flop(ck, [len(p) for p in ps])
     refs = [solo] + [n for n in runners if n.startswith("llama.cpp")] + ([hf] if hf in runners else [])
@@ -315,19 +344,19 @@ def bench_batch_round_robin(benchmark, model_dir, size):
                      # peers compute in another order: sequences whose 128 greedy tokens equal tinygpt fp32's
                      same_tokens_as_tinygpt_fp32={n: sum(a == b for a, b in zip(rs[0]["tokens"], ref_tokens))
                                                   for n, rs in runs.items() if not n.startswith("tinygpt")},
-                     llama=next(iter(llama.values())).info if llama else None))
+                     llama={k: v.info for k, v in llama.items()}))
 
 
 @pytest.mark.parametrize("size", bench_sizes())
 def bench_batch_scaling(benchmark, model_dir, size):
-    if not tinygpt.backends.status()["cpu"][0]:
-        pytest.skip(f"cpu backend unavailable: {tinygpt.backends.status()['cpu'][1]}")
+    if not backends.status()["cpu"][0]:
+        pytest.skip(f"cpu backend unavailable: {backends.status()['cpu'][1]}")
     d, skipped = model_dir(size), {}
     peak_before = gemm_peak()
     fp32, bf16 = load_tinygpt(d, "float32"), load_tinygpt(d, "bfloat16")
     runners = {"tinygpt cpu float32": tinygpt_batched(fp32), "tinygpt cpu bfloat16": tinygpt_batched(bf16)}
-    llama = llama_runners(d, max(SCALING_B), skipped)
-    runners.update(llama)
+    llama_models: list = []
+    runners.update(llama_runners(d, max(SCALING_B), skipped, llama_models))
     runs = {(name, B): [] for name in runners for B in SCALING_B}
 
     def one_pass(keep):
@@ -342,8 +371,8 @@ def bench_batch_scaling(benchmark, model_dir, size):
         one_pass(False)
         run_pedantic(benchmark, lambda: one_pass(True), rounds=ROUNDS)
     finally:
-        for r in llama.values():
-            r.close()
+        for lm in llama_models:
+            lm.close()
     peak_after = gemm_peak()
     cfg = fp32.checkpoint.config
     flop = {B: decode_flop(cfg, [len(p) for p in prompts(B)]) for B in SCALING_B}
@@ -359,4 +388,5 @@ def bench_batch_scaling(benchmark, model_dir, size):
     benchmark.extra_info.update(scaling=dict(
         B=list(SCALING_B), n_new=N_NEW, size=size, threads=THREADS, passes=ROUNDS, runners=curves, skipped=skipped,
         gemm_peak_gflop_s=round(max(peaks), 1) if peaks else None, gemm=[peak_before, peak_after],
-        openblas_env_of_this_process={k: os.environ.get(k, "unset") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}))
+        openblas_env_of_this_process={k: os.environ.get(k, "unset")
+                                      for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}))

@@ -118,7 +118,7 @@ def batched(data):
         print(f"\ngreedy tokens equal to the same prompts run one at a time (asserted every pass): {eq}")
         same = x.get("same_tokens_as_tinygpt_fp32") or {}
         if same:
-            print("peers' sequences with the same 128 tokens as tinygpt fp32: "
+            print(f"peers' sequences with the same {x['n_new']} greedy tokens as tinygpt fp32: "
                   + "; ".join(f"{k}: {n}/{x['B']}" for k, n in same.items()))
         for peer, why in x.get("skipped", {}).items():
             print(f"skipped {peer}: {why}")
@@ -149,8 +149,9 @@ def scaling(data, plot_path):
         for name, c in x["runners"].items():
             for i, B in enumerate(Bs):
                 pct = f"{100 * c['gflop_s'][i] / peak:.0f}" if peak else ""
-                print(f"| {name} | {B} | {c['agg_decode_tok_s'][i]} | {c['agg_decode_tok_s'][i] / c['agg_decode_tok_s'][0]:.2f} "
-                      f"| {c['per_seq_tok_s'][i]} | {c['step_ms'][i]} | {c['gflop_s'][i]} | {pct} |")
+                agg = c["agg_decode_tok_s"]
+                print(f"| {name} | {B} | {agg[i]} | {agg[i] / agg[0]:.2f} | {c['per_seq_tok_s'][i]} | {c['step_ms'][i]} "
+                      f"| {c['gflop_s'][i]} | {pct} |")
         print()
         for name, c in x["runners"].items():
             at = compute_bound_from(c["step_ms"], Bs)

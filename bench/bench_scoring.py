@@ -9,9 +9,9 @@ transformers float32 / bfloat16 (`model(ids).logits`), llama.cpp F32 / F16 throu
 bench_perplexity: strided perplexity (context 1024, stride 512) of TINYGPT_BENCH_PPL_TOKENS random token ids
 (default 16384; the issue's figure is ~100k): `Model.perplexity`, transformers' documented strided recipe
 (docs: perplexity.md, `labels` with -100 for already-scored tokens), and the same windows through llama-cpp-python
-with a float64 log-softmax of the target rows. Every runner reports its perplexity; on the same windows tinygpt
-and llama.cpp agree to rounding, while the HF recipe scores one token fewer per window (its last row is unused),
-so its value differs slightly.
+with a float64 log-softmax of the target rows. Every runner's perplexity goes to extra_info. The HF recipe scores
+other windows (it drops each window's last row and the first token), so its value differs; the random weights give
+perplexities near 1e20 (mean NLL ~46 nats), where small logit differences between runtimes show.
 
 bench_perplexity_peak_rss: VmHWM of a fresh process running `Model.perplexity` on a converted (mmapped) model,
 against that of a process that ran one forward of one window (weights + one window's activations) + 15%.

@@ -66,7 +66,7 @@ static inline float hsum(V v) {
 // out[i] = hsum(v[i]) for 4 vectors at once, bit for bit (the same pairs added in the same tree, transposed:
 // ~13 instructions instead of ~32 on AVX-512).
 static inline void hsum4(const V* v, float* out) {
-#if defined(TG_AVX512)
+#if defined(TG_AVX512) && !defined(TG_SIMDE_AVX512)  // (SIMDe 0.7 lacks some of these: the plain tree there)
     const V s01 = vadd(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0)),
                        _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2)));  // j + j + 8
     const V s23 = vadd(_mm512_shuffle_f32x4(v[2], v[3], _MM_SHUFFLE(1, 0, 1, 0)),

@@ -66,24 +66,6 @@ inline float reduce_max_ps(simde__m512 a) {
     return m;
 }
 
-inline simde__m512 movehdup_ps(simde__m512 a) {  // odd lanes duplicated: d[2i] = d[2i+1] = a[2i+1]
-    float f[16];
-    simde_mm512_storeu_ps(f, a);
-    for (int i = 0; i < 16; i += 2) f[i] = f[i + 1];
-    return from16(f);
-}
-inline simde__m512 shuffle_f32x4(simde__m512 a, simde__m512 b, int imm) {  // 128-bit lanes: a, a, b, b by imm
-    float fa[16], fb[16], d[16];
-    simde_mm512_storeu_ps(fa, a);
-    simde_mm512_storeu_ps(fb, b);
-    for (int l = 0; l < 4; l++) {
-        const float* src = l < 2 ? fa : fb;
-        const int sel = (imm >> (2 * l)) & 3;
-        for (int i = 0; i < 4; i++) d[4 * l + i] = src[4 * sel + i];
-    }
-    return from16(d);
-}
-
 }  // namespace tg_emu
 
 // immintrin.h (pulled in by SIMDe) declares these for real AVX-512 targets only; point the names at the stand-ins.
@@ -94,5 +76,4 @@ inline simde__m512 shuffle_f32x4(simde__m512 a, simde__m512 b, int imm) {  // 12
 #define _mm512_cvtps_epi32 tg_emu::cvtps_epi32
 #define _mm512_reduce_add_ps tg_emu::reduce_add_ps
 #define _mm512_reduce_max_ps tg_emu::reduce_max_ps
-#define _mm512_movehdup_ps tg_emu::movehdup_ps
-#define _mm512_shuffle_f32x4 tg_emu::shuffle_f32x4
+

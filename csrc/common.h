@@ -27,12 +27,13 @@ void set_num_threads(int n);
 struct KernelTable {
     const char* isa;
     // out[M,N] (+)= act(inp[M,K] . (W[N,K] * wscale[N])^T + b[N]);  W is F32/F16/BF16/I8, wscale only for I8;
+    // each output element is computed the same way whatever M and the thread count (matmul.cpp: row invariance);
     // b may be null; flags: GELU | ACCUM
     void (*matmul)(float* out, const float* inp, const void* w, const float* wscale, const float* b, int M, int N,
                    int K, int wdtype, int flags);
     // np.argmax over n of x[K] . W[n,:] (the M == 1 matmul, no bias, no flags) without reading every row exactly:
     // q[N,K] int8 * qs[N] screens W within the bounds err[N,3] describe; q null: every row. scratch[N]; returns the
-    // index and sets *n_exact to the rows evaluated exactly (matmul.cpp: matmul_argmax).
+    // index and sets *n_exact to the rows evaluated exactly (head_argmax.cpp).
     int (*matmul_argmax)(float* scratch, const float* x, const void* w, const float* wscale, const int8_t* q,
                          const float* qs, const float* err, int N, int K, int wdtype, int* n_exact);
     // out[M,C] = (inp - mean) / sqrt(var + eps) * w[C] + b[C]

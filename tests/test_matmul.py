@@ -62,6 +62,17 @@ def test_matmul_no_bias_large_k(kern, rng):
     assert rel_err(out, reference(inp, w.astype(np.float64), None, 0, out)) <= TOL["matmul"]
 
 
+@pytest.mark.parametrize("M", [1, 20])
+def test_matmul_empty_k(kern, M):
+    """K = 0: every dot product is 0, so out is the bias (plus out with accumulate), for small and large M."""
+    b = np.arange(3, dtype=np.float32)
+    out = np.full((M, 3), 7, np.float32)
+    kern.matmul(out, np.zeros((M, 0), np.float32), np.zeros((3, 0), np.float32), b)
+    np.testing.assert_array_equal(out, np.broadcast_to(b, (M, 3)))
+    kern.matmul(out, np.zeros((M, 0), np.float32), np.zeros((3, 0), np.float32), b, flags=2)
+    np.testing.assert_array_equal(out, np.broadcast_to(2 * b, (M, 3)))
+
+
 def test_matmul_rejects_bad_shapes():
     pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
     from tinygpt import _cpu

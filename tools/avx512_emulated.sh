@@ -20,6 +20,7 @@ cd "$SITE"
 PYTHONPATH="$SITE" $PY -c "import tinygpt._cpu as c; i = c.build_info(); assert i.get('avx512_emulated') and i['isa'] == 'avx512', i; print('emulated AVX-512 build:', c.__file__)"
 # kernel tests at the avx512 level; model tests run on the default level, which is avx512 in this build
 PYTHONPATH="$SITE" $PY -m pytest -q -p no:cacheprovider --rootdir "$OLDPWD" \
-  "$OLDPWD/tests/test_matmul.py" "$OLDPWD/tests/test_layernorm.py" "$OLDPWD/tests/test_attention.py" \
-  "$OLDPWD/tests/test_gelu.py" "$OLDPWD/tests/test_embedding.py" "$OLDPWD/tests/test_head_argmax.py" -k "avx512"
+  "$OLDPWD/tests/test_matmul.py" "$OLDPWD/tests/test_head_argmax.py" "$OLDPWD/tests/test_layernorm.py" \
+  "$OLDPWD/tests/test_attention.py" \
+  "$OLDPWD/tests/test_gelu.py" "$OLDPWD/tests/test_embedding.py" -k "avx512"
 PYTHONPATH="$SITE" $PY -m pytest -q -p no:cacheprovider --rootdir "$OLDPWD" "$OLDPWD/tests/test_model.py" -k "cpu"

@@ -17,6 +17,7 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cd "$SITE"  # import the instrumented build, not an installed one
 PYTHONPATH="$SITE" $PY -c "import tinygpt._cpu as c, sys; assert c.build_info().get('sanitize'), 'not the sanitized build'; print('sanitized build:', c.__file__)"
-PYTHONPATH="$SITE" $PY -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_matmul.py" "$OLDPWD/tests/test_layernorm.py" \
+PYTHONPATH="$SITE" $PY -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_matmul.py" "$OLDPWD/tests/test_head_argmax.py" \
+  "$OLDPWD/tests/test_layernorm.py" \
   "$OLDPWD/tests/test_attention.py" "$OLDPWD/tests/test_gelu.py" "$OLDPWD/tests/test_embedding.py" \
   "$OLDPWD/tests/test_model.py" -k "cpu" --rootdir "$OLDPWD"

@@ -1,4 +1,4 @@
-// pybind11 bindings of the CPU backend (tinygpt._cpu): the plan executor plus each kernel on its own for
+// pybind11 bindings of the CPU backend (tinygpt._cpu): the batched forward (Engine, Sequence, forward) plus each kernel on its own for
 // tests and benches. Shapes and dtypes are checked here with expected-vs-got messages; the GIL is released
 // around every kernel; contiguous float32 inputs are used without a copy.
 #include <pybind11/numpy.h>

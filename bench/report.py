@@ -54,7 +54,15 @@ def main(data):
         for n, x in longp:
             print(f"| {x['backend']} {x['dtype']} | {x['T']} | {x['prefill_tok_s']} |")
         print()
-    rss = [(n, x) for n, x, _ in rows if "peak_rss_mb" in x]
+    rss = [(n, x) for n, x, _ in rows if "peak_rss_mb" in x and "interpreter_mb" in x]
+    ppl_rss = [(n, x) for n, x, _ in rows if "peak_rss_mb" in x and "one_window_forward_mb" in x]
+    if ppl_rss:
+        print("| peak RSS (perplexity) | tokens | MiB | one window's forward MiB | weights MiB | budget MiB |")
+        print("|---|---|---|---|---|---|")
+        for n, x in ppl_rss:
+            print(f"| {x['dtype']} | {x['tokens']} | {x['peak_rss_mb']} | {x['one_window_forward_mb']} "
+                  f"| {x['weights_mb']} | {x['budget_mb']} |")
+        print()
     if rss:
         print("| peak RSS (CLI run, converted model) | MiB | interpreter MiB | weights MiB | budget MiB |")
         print("|---|---|---|---|---|")

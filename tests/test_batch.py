@@ -181,3 +181,15 @@ def test_forward_rejects_bad_batches(models):
     other = models("numpy").backend.new_sequence()
     with pytest.raises(tinygpt.InvalidArgumentError):
         m.backend.forward([other], [[1]], ["last"])
+
+
+def test_more_prompts_than_one_batch(models):
+    """A list longer than BatchRun.MAX_BATCH runs in waves (bounded memory): same texts as single calls, and
+    requests that generate nothing do not stop the rest."""
+    m = models("cpu")
+    prompts = [f"item {i}" for i in range(70)]
+    assert m.generate(prompts, max_new_tokens=3, temperature=0) == [m.generate(p, max_new_tokens=3, temperature=0)
+                                                                   for p in prompts]
+    run = m.run_batch([(p, dict(max_new_tokens=0)) for p in prompts] + [("last", dict(max_new_tokens=2))])
+    list(run)
+    assert [len(r.tokens) for r in run.results] == [0] * 70 + [2]

@@ -197,7 +197,7 @@ class Scheduler:
         return [s for g in self.groups for s in g if not s.done and s.seq is not None]
 
     def step(self) -> list[tuple]:
-        """One forward for every running sequence; returns [(state, (text, tokens, logprobs))] of this step."""
+        """One forward for every running sequence; returns [(state, (text, tokens, logprobs, finish reason))]."""
         run = self.running()
         if not run:
             return []
@@ -243,16 +243,22 @@ class Scheduler:
 
 class BatchRun:
     """Iterator of Pieces for a list of requests [(prompt ids, options, seed, n samples, logprobs)]; `.results`
-    lists one GenerationResult per sample, request by request, complete once the iterator is exhausted."""
+    lists one GenerationResult per sample, request by request, complete once the iterator is exhausted.
+    At most MAX_BATCH sequences run at once and prompts go in chunks of PREFILL_CHUNK tokens, so a long list keeps
+    one step's activations bounded; requests start in order as others finish (texts do not depend on that)."""
+
+    MAX_BATCH = 32
+    PREFILL_CHUNK = 512
 
     def __init__(self, model, requests):
-        self._sched = Scheduler(model)
+        self._sched = Scheduler(model, self.PREFILL_CHUNK)
+        self._waiting: list[list] = []
         states = []
         for ids, opts, seed, n, logprobs in requests:
             base = seed if seed is not None else secrets.randbits(63)
             group = [_Decoding(model, ids, opts, sample_seed(base, j), logprobs) for j in range(n)]
             states += group
-            self._sched.add(group)
+            self._waiting.append(group)
         self.results = [s.result for s in states]
         self._index = {id(s): i for i, s in enumerate(states)}
         self._it = self._run()
@@ -263,8 +269,22 @@ class BatchRun:
     def __next__(self) -> Piece:
         return next(self._it)
 
+    def _admit(self) -> None:
+        for g in [g for g in self._sched.groups if all(s.done for s in g)]:
+            self._sched.drop(g)  # finished: its caches go
+        n = sum(len(g) for g in self._sched.groups)
+        while self._waiting and (n == 0 or n + len(self._waiting[0]) <= self.MAX_BATCH):
+            g = self._waiting.pop(0)
+            self._sched.add(g)
+            n += len(g)
+
     def _run(self):
-        while self._sched.running():
+        while True:
+            self._admit()
+            if not self._sched.running():
+                if not self._waiting:
+                    return
+                continue  # everything admitted was already done (max_new_tokens=0): admit the next ones
             for s, (text, toks, lps, fin) in self._sched.step():
                 yield Piece(self._index[id(s)], text, toks, lps, fin)
 

@@ -111,7 +111,7 @@ def batched(data):
               + " | ".join(f"x {r}" for r in refs) + " |")
         print("|---|---|---|---|---|" + "---|" * len(refs))
         for name, v in x["runners"].items():
-            cells = " | ".join(f"{v['ratios'][r]:.2f}" if r in v["ratios"] else "1" for r in refs)
+            cells = " | ".join(f"{v['ratios'][r]:.2f}" if r in v["ratios"] else "—" for r in refs)
             print(f"| {name} | {v['agg_decode_tok_s']} | {v['per_seq_tok_s']} | {v['prefill_ms']} | {v['gflop_s']} "
                   f"| {cells} |")
         eq = ", ".join(k for k, ok in x["tokens_equal_one_at_a_time"].items() if ok)
@@ -179,7 +179,8 @@ def draw(x, path):
     Bs = x["B"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, c in x["runners"].items():
-        style = dict(ls="--", marker="s") if name.startswith("llama.cpp") else dict(ls="-", marker="o")
+        style = (dict(ls=":" if "split" in name else "--", marker="s") if name.startswith("llama.cpp") else
+                 dict(ls="-", marker="o"))
         axes[0].plot(Bs, c["agg_decode_tok_s"], label=name, **style)
         axes[1].plot(Bs, c["per_seq_tok_s"], label=name, **style)
     for ax, title in zip(axes, ("aggregate decode tok/s", "per-sequence decode tok/s")):

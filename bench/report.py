@@ -126,12 +126,14 @@ def batched(data):
 
 
 def compute_bound_from(step_ms, Bs):
-    """First B whose doubling costs >= 1.5x the step time: from there most of each added row's work is paid in
-    time (a memory-bound step is nearly flat in B, a compute-bound one doubles). None if it never happens."""
-    for i in range(len(Bs) - 1):
-        if Bs[i + 1] == 2 * Bs[i] and step_ms[i + 1] >= 1.5 * step_ms[i]:
-            return Bs[i]
-    return None
+    """Smallest B from which every doubling costs >= 1.5x the step time: from there most of each added row's work
+    is paid in time (a memory-bound step is nearly flat in B, a compute-bound one doubles). None if none does."""
+    at = None
+    for i in reversed(range(len(Bs) - 1)):
+        if not (Bs[i + 1] == 2 * Bs[i] and step_ms[i + 1] >= 1.5 * step_ms[i]):
+            break
+        at = Bs[i]
+    return at
 
 
 def scaling(data, plot_path):
@@ -140,8 +142,8 @@ def scaling(data, plot_path):
         if not x:
             continue
         Bs, peak = x["B"], x.get("gemm_peak_gflop_s")
-        kern = "; ".join(f"{k['internal_api']} {k['architecture']} x{k['num_threads']}" for g in x["gemm"]
-                         for k in g.get("blas", [])[:1])
+        kern = "; ".join(sorted({f"{k['internal_api']} {k['architecture']} x{k['num_threads']}" for g in x["gemm"]
+                                 for k in g.get("blas", [])[:1]}))
         print(f"Batched decode scaling, {x['size']}, threads {x['threads']}, medians of {x['passes']} passes; "
               f"fp32 GEMM peak of this run (best of before/after, {kern or 'no BLAS info'}): {peak} GFLOP/s\n")
         print("| runner | B | aggregate tok/s | x B=1 | per-sequence tok/s | step ms | GFLOP/s | % of GEMM peak |")
@@ -157,8 +159,8 @@ def scaling(data, plot_path):
             at = compute_bound_from(c["step_ms"], Bs)
             i = Bs.index(at) if at else len(Bs) - 1
             pct = f", {100 * c['gflop_s'][i] / peak:.0f}% of the GEMM peak there" if peak else ""
-            print(f"- {name}: " + (f"turns compute-bound from B = {at} (doubling B to {2 * at} costs "
-                                   f"{c['step_ms'][i + 1] / c['step_ms'][i]:.2f}x the step time){pct}" if at else
+            print(f"- {name}: " + (f"compute-bound from B = {at} (each doubling from there costs >= 1.5x the "
+                                   f"step time){pct}" if at else
                                    f"step time never grew >= 1.5x per doubling up to B = {Bs[-1]}{pct}"))
         print("\n(greedy tinygpt fp32 at B = 1 screens the LM head, so its FLOP count, taken for the full head, is "
               "an overstatement there.)")

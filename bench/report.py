@@ -119,7 +119,7 @@ def batched(data):
               + " | ".join(f"x {r}" for r in refs) + " |")
         print("|---|---|---|---|---|" + "---|" * len(refs))
         for name, v in x["runners"].items():
-            cells = " | ".join(f"{v['ratios'][r]:.2f}" if r in v["ratios"] else "1" for r in refs)
+            cells = " | ".join(f"{v['ratios'][r]:.2f}" if r in v["ratios"] else "—" for r in refs)
             print(f"| {name} | {v['agg_decode_tok_s']} | {v['per_seq_tok_s']} | {v['prefill_ms']} | {v['gflop_s']} "
                   f"| {cells} |")
         eq = ", ".join(k for k, ok in x["tokens_equal_one_at_a_time"].items() if ok)
@@ -134,12 +134,14 @@ def batched(data):
 
 
 def compute_bound_from(step_ms, Bs):
-    """First B whose doubling costs >= 1.5x the step time: from there most of each added row's work is paid in
-    time (a memory-bound step is nearly flat in B, a compute-bound one doubles). None if it never happens."""
-    for i in range(len(Bs) - 1):
-        if Bs[i + 1] == 2 * Bs[i] and step_ms[i + 1] >= 1.5 * step_ms[i]:
-            return Bs[i]
-    return None
+    """Smallest B from which every doubling costs >= 1.5x the step time: from there most of each added row's work
+    is paid in time (a memory-bound step is nearly flat in B, a compute-bound one doubles). None if none does."""
+    at = None
+    for i in reversed(range(len(Bs) - 1)):
+        if not (Bs[i + 1] == 2 * Bs[i] and step_ms[i + 1] >= 1.5 * step_ms[i]):
+            break
+        at = Bs[i]
+    return at
 
 
 def scaling(data, plot_path):
@@ -148,8 +150,8 @@ def scaling(data, plot_path):
         if not x:
             continue
         Bs, peak = x["B"], x.get("gemm_peak_gflop_s")
-        kern = "; ".join(f"{k['internal_api']} {k['architecture']} x{k['num_threads']}" for g in x["gemm"]
-                         for k in g.get("blas", [])[:1])
+        kern = "; ".join(sorted({f"{k['internal_api']} {k['architecture']} x{k['num_threads']}" for g in x["gemm"]
+                                 for k in g.get("blas", [])[:1]}))
         print(f"Batched decode scaling, {x['size']}, threads {x['threads']}, medians of {x['passes']} passes; "
               f"fp32 GEMM peak of this run (best of before/after, {kern or 'no BLAS info'}): {peak} GFLOP/s\n")
         print("| runner | B | aggregate tok/s | x B=1 | per-sequence tok/s | step ms | GFLOP/s | % of GEMM peak |")
@@ -165,8 +167,8 @@ def scaling(data, plot_path):
             at = compute_bound_from(c["step_ms"], Bs)
             i = Bs.index(at) if at else len(Bs) - 1
             pct = f", {100 * c['gflop_s'][i] / peak:.0f}% of the GEMM peak there" if peak else ""
-            print(f"- {name}: " + (f"turns compute-bound from B = {at} (doubling B to {2 * at} costs "
-                                   f"{c['step_ms'][i + 1] / c['step_ms'][i]:.2f}x the step time){pct}" if at else
+            print(f"- {name}: " + (f"compute-bound from B = {at} (each doubling from there costs >= 1.5x the "
+                                   f"step time){pct}" if at else
                                    f"step time never grew >= 1.5x per doubling up to B = {Bs[-1]}{pct}"))
         print("\n(greedy tinygpt fp32 at B = 1 screens the LM head, so its FLOP count, taken for the full head, is "
               "an overstatement there.)")
@@ -187,7 +189,8 @@ def draw(x, path):
     Bs = x["B"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, c in x["runners"].items():
-        style = dict(ls="--", marker="s") if name.startswith("llama.cpp") else dict(ls="-", marker="o")
+        style = (dict(ls=":" if "split" in name else "--", marker="s") if name.startswith("llama.cpp") else
+                 dict(ls="-", marker="o"))
         axes[0].plot(Bs, c["agg_decode_tok_s"], label=name, **style)
         axes[1].plot(Bs, c["per_seq_tok_s"], label=name, **style)
     for ax, title in zip(axes, ("aggregate decode tok/s", "per-sequence decode tok/s")):

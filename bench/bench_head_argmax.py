@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from conftest import backend_params, median_s, run_pedantic
-from tinygpt.weights import encode
+from tinygpt import dtypes
 
 C = 768
 N_VOCAB = 50257
 
 
 def make(rng, N, K, wdtype):
-    return encode(rng.standard_normal((N, K), np.float32), wdtype)
+    return dtypes.get(wdtype).to_stored(rng.standard_normal((N, K), np.float32))
 
 
 @pytest.mark.parametrize("wdtype", ["float32", "bfloat16"])

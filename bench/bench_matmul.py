@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import CUDA_TIMING, OPENBLAS_ENV, backend_params, cuda_call, median_s, run_pedantic
-from tinygpt.weights import encode
+from tinygpt import dtypes
 
 C = 768
 SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (50257, C)}
@@ -14,7 +14,7 @@ SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (5
 
 def make(rng, N, K, wdtype):
     """(weights, row scales or None) in the stored dtype."""
-    return encode(rng.standard_normal((N, K), np.float32), wdtype)
+    return dtypes.get(wdtype).to_stored(rng.standard_normal((N, K), np.float32))
 
 
 def call(impl, out, x, w, wdtype):

@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT / "python"))
 
 from tinygpt.config import GPT2Config  # noqa: E402
 from tinygpt.safetensors_io import write_safetensors  # noqa: E402
-from tinygpt.weights import Checkpoint, expected_shapes, save_tinygpt  # noqa: E402
+from tinygpt.gpt2 import weight_shapes as expected_shapes  # noqa: E402
+from tinygpt.weights import Checkpoint, save_tinygpt  # noqa: E402
 
 MICRO = GPT2Config(n_vocab=8, n_ctx=4, n_embd=4, n_head=1, n_layer=1)
 

@@ -174,7 +174,7 @@ def test_layernorm_matmul(rng, M, N, K, wdtype, flags):
     two-kernel path); against float64, and at M == 1 against the device's own layernorm then matmul."""
     from conftest import make_weights, widen
     from test_matmul import reference as matmul_reference
-    from tinygpt.weights import from_float32
+    from tinygpt import dtypes
     c = _cuda()
     D = c.DeviceArray
     x = (rng.standard_normal((M, K)) * 3 + 5).astype(np.float32)
@@ -192,7 +192,7 @@ def test_layernorm_matmul(rng, M, N, K, wdtype, flags):
         assert rel_err(d_ln.numpy(), ln) <= TOL["layernorm"]
         if wdtype != "float32":  # tensor-core GEMM: the activations are rounded to the weights' 16-bit type; round
             # the device's own layernorm, since a last-bit difference can flip a 16-bit rounding
-            ln = widen(from_float32(d_ln.numpy(), wdtype), wdtype)
+            ln = widen(dtypes.get(wdtype).to_stored(d_ln.numpy())[0], wdtype)
     ref = matmul_reference(ln, widen(w, wdtype).astype(np.float64), b, flags, out0)
     assert rel_err(got, ref) <= 1e-5
     if M == 1:

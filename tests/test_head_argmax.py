@@ -114,7 +114,7 @@ def test_matmul_argmax_non_finite(kern, rng):
 
 
 def test_matmul_argmax_int8_head(kern, rng):
-    from tinygpt.weights import quantize_int8
+    from tinygpt.dtypes import quantize_int8
     kern = _argmax_kern(kern)
     q, s = quantize_int8(rng.standard_normal((61, 45)).astype(np.float32))
     x = rng.standard_normal(45).astype(np.float32)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import TOL, make_weights, rel_err, widen
-from tinygpt.weights import from_float32
+from tinygpt import dtypes
 
 SHAPES = [(1, 1, 1), (1, 7, 5), (1, 37, 29), (1, 50, 768), (2, 3, 5), (5, 33, 17), (6, 64, 64), (7, 65, 129),
           (13, 100, 300), (64, 96, 257), (1, 2304, 768)]
@@ -47,7 +47,7 @@ def test_matmul_reduced_precision(kern, rng, M, N, K, wdtype, flags):
     out = rng.standard_normal((M, N)).astype(np.float32)
     inp_ref = inp
     if kern.name.startswith("cuda") and M > 1:  # tensor-core GEMM: activations are rounded to the weights' 16-bit type
-        inp_ref = widen(from_float32(inp, wdtype), wdtype)
+        inp_ref = widen(dtypes.get(wdtype).to_stored(inp)[0], wdtype)
     ref = reference(inp_ref, w64, b, flags, out)
     kw = dict(wscale=scale) if scale is not None else {}
     kern.matmul(out, inp, w, b, flags=flags, wdtype=wdtype, **kw)

@@ -364,10 +364,11 @@ def _cmd_info(a) -> int:
         pass
     if a.model:
         from .hub import resolve_model
-        from .weights import expected_shapes, load_checkpoint
+        from .gpt2 import weight_shapes
+        from .weights import load_checkpoint
         ck = load_checkpoint(resolve_model(a.model, offline=True))
         info["model"] = {"path": str(ck.path), "format": ck.source, "dtype": ck.dtype, **ck.config.to_dict(),
-                         "parameters": int(sum(ck.tensors[n].size for n in expected_shapes(ck.config))),
+                         "parameters": int(sum(ck.tensors[n].size for n in weight_shapes(ck.config))),
                          "bytes": ck.nbytes}
     if a.json:
         print(json.dumps(info, indent=2))

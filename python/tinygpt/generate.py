@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ContextOverflowError
 from .sampling import SamplingOptions, select
-from .scoring import TokenLogprob, token_logprob  # noqa: F401  (TokenLogprob: the type of logprobs entries)
+from .scoring import token_logprob
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import backends
 from .errors import ContextOverflowError, InvalidArgumentError
-from .generate import BatchRun, GenerationResult, Stream
+from .generate import BatchRun, Stream
 from .sampling import SamplingOptions, options_from_kwargs
 from .tokenizer import Tokenizer
 from .weights import Checkpoint, load_checkpoint

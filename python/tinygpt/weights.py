@@ -25,28 +25,10 @@ from .tokenizer import find_vocab_files
 
 FORMAT_NAME = "tinygpt"
 FORMAT_VERSION = "1"
-DTYPES = dtypes.NAMES
 SCALE = ".scale"  # suffix of an int8 matrix's per-row scales
 _HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-expected_shapes = weight_shapes  # the schema lives with the model (gpt2.py)
-to_float32, quantize_int8 = dtypes.to_float32, dtypes.quantize_int8
 _MAX_INDEX_BYTES = 16 << 20
-
-
-def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return dtypes.DTYPES["int8"].widen(q, scale)
-
-
-def encode(arr: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """float32 values as stored in `dtype`: (array, int8 row scales or None)."""
-    return dtypes.get(dtype).to_stored(arr)
-
-
-def from_float32(arr: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "int8":
-        raise ValueError("int8 needs scales: use encode or quantize_int8")
-    return encode(arr, dtype)[0]
 
 
 @dataclass
@@ -107,7 +89,7 @@ def _strip_prefix(entries: dict[str, _Entry]) -> dict[str, _Entry]:
 
 def _build(cfg: GPT2Config, entries: dict[str, _Entry], dtype: str, hf_layout: bool, where: str) -> dict:
     tensors = {}
-    for name, shape in expected_shapes(cfg).items():
+    for name, shape in weight_shapes(cfg).items():
         if name not in entries:
             raise WeightsError(f"{where}: missing tensor {name!r} (is this a GPT-2 checkpoint of the size its "
                                "config describes?)")
@@ -126,12 +108,12 @@ def _build(cfg: GPT2Config, entries: dict[str, _Entry], dtype: str, hf_layout: b
                 tensors[name + SCALE] = _scale_entry(entries, name, shape[0], where)
             continue
         if st == "I8":
-            arr = dequantize_int8(load(True), _scale_entry(entries, name, shape[0], where))
+            arr = dtypes.get("int8").widen(load(True), _scale_entry(entries, name, shape[0], where))
         else:
-            arr = to_float32(load(True), st)
+            arr = dtypes.to_float32(load(True), st)
         if transpose:
             arr = arr.T
-        tensors[name], scale = encode(arr, target)
+        tensors[name], scale = dtypes.get(target).to_stored(arr)
         if scale is not None:
             tensors[name + SCALE] = scale
     return tensors
@@ -168,7 +150,7 @@ def load_tinygpt_file(path: Path, dtype: str | None = None) -> Checkpoint:
         stored = md["tinygpt.dtype"]
     except (KeyError, ValueError, TypeError) as e:
         raise WeightsError(f"{path}: corrupt tinygpt metadata ({e})") from None
-    if stored not in DTYPES:
+    if stored not in dtypes.NAMES:
         raise WeightsError(f"{path}: unknown stored dtype {stored!r}")
     entries = _safetensors_entries([sf])
     tensors = _build(cfg, entries, dtype or stored, hf_layout=False, where=str(path))
@@ -239,7 +221,7 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
     except OSError as e:
         raise WeightsError(f"cannot create the destination folder {vocab_to}: {e.strerror or e}") from None
     out = {}
-    names = list(expected_shapes(ck.config))
+    names = list(weight_shapes(ck.config))
     for i, name in enumerate(names):
         f32 = ck.widened(name)  # widened once: checked here, converted below when the dtype changes
         if not np.isfinite(f32).all():
@@ -251,7 +233,7 @@ def save_tinygpt(ck: Checkpoint, dst: Path, dtype: str | None = None,
             if dtype == "int8":
                 out[name + SCALE] = ("F32", ck.tensors[name + SCALE])
         else:
-            a, scale = encode(f32, dtype)
+            a, scale = dtypes.get(dtype).to_stored(f32)
             out[name] = (dtypes.get(dtype).st, a)
             if scale is not None:
                 out[name + SCALE] = ("F32", scale)

@@ -33,11 +33,12 @@ inline void expect_shape(const py::array& a, std::initializer_list<py::ssize_t> 
     }
 }
 
-inline int dtype_code(const std::string& name) {
+inline int dtype_code(const std::string& name, bool matmul = false) {
     if (name == "float32") return tg::F32;
     if (name == "float16") return tg::F16;
     if (name == "bfloat16") return tg::BF16;
     if (name == "int8") return tg::I8;
+    if (name == "bfloat16a" && matmul) return tg::BF16A;  // bf16 weights, activations rounded to bf16
     throw std::invalid_argument("unknown weight dtype '" + name + "' (float32, float16, bfloat16 or int8)");
 }
 
@@ -46,13 +47,13 @@ inline const void* weight_ptr(const py::array& a, int code, const std::string& n
     if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(name + ": must be C-contiguous");
     const bool ok = (code == tg::F32 && py::isinstance<py::array_t<float>>(a)) ||
                     (code == tg::F16 && a.dtype().kind() == 'f' && a.itemsize() == 2) ||
-                    (code == tg::BF16 && a.dtype().kind() == 'u' && a.itemsize() == 2) ||
+                    ((code == tg::BF16 || code == tg::BF16A) && a.dtype().kind() == 'u' && a.itemsize() == 2) ||
                     (code == tg::I8 && a.dtype().kind() == 'i' && a.itemsize() == 1);
     if (!ok)
         throw std::invalid_argument(name + ": dtype " + std::string(py::str(a.dtype())) + " does not match weight dtype "
                                     + (code == tg::F32    ? "float32"
                                        : code == tg::F16  ? "float16"
-                                       : code == tg::BF16 ? "bfloat16 (as uint16)"
+                                       : code == tg::BF16 || code == tg::BF16A ? "bfloat16 (as uint16)"
                                                               : "int8"));
     return a.data();
 }

@@ -20,7 +20,8 @@ static FloatBuf alloc_floats(size_t n, bool zero) {
     return FloatBuf(p);
 }
 
-Engine::Engine(const Config& c, Weights weights) : cfg(c), w(std::move(weights)) {
+Engine::Engine(const Config& c, Weights weights, bool bf16_act)
+    : cfg(c), w(std::move(weights)), bf16_activations(bf16_act) {
     TG_CHECK(c.n_vocab > 0 && c.n_ctx > 0 && c.n_embd > 0 && c.n_head > 0 && c.n_layer > 0 && c.d_ff > 0,
              "Engine: every config size must be positive");
     TG_CHECK(c.n_embd % c.n_head == 0, "Engine: n_embd must be divisible by n_head");
@@ -33,6 +34,7 @@ Engine::Engine(const Config& c, Weights weights) : cfg(c), w(std::move(weights))
         TG_CHECK(r.dtype != I8 || r.scale, name << ": int8 weights need row scales");
     });
     TG_CHECK(w.wte.dtype != I8 || w.wte.scale, "wte: int8 needs row scales");
+    TG_CHECK(!bf16_act || (w.head.dtype == BF16 && w.wte.dtype == BF16), "Engine: bf16_activations needs bfloat16 weights");
 }
 
 void Engine::set_head_screen(HeadScreen s) {
@@ -89,7 +91,8 @@ struct CpuOps {
         k.layernorm(out, in, w.f32(), b.f32(), M, c.n_embd, c.eps);
     }
     void matmul(float* out, const float* in, const WeightRef& W, const WeightRef* b, int M, int flags) {
-        k.matmul(out, in, W.ptr, W.scale, b ? b->f32() : nullptr, M, (int)W.rows, (int)W.cols, W.dtype, flags);
+        const int dt = W.dtype == BF16 && e.bf16_activations ? (int)BF16A : W.dtype;
+        k.matmul(out, in, W.ptr, W.scale, b ? b->f32() : nullptr, M, (int)W.rows, (int)W.cols, dt, flags);
     }
     void attention(float* out, const float* qkv, int layer, int s) {
         const BatchItem& it = items[s];
@@ -114,11 +117,12 @@ struct CpuOps {
         const float* ha = h + (int64_t)nl * C;
         if (na == 1) {  // one greedy row: the screen reads an int8 copy of the head and only the rows that can win
             Sequence& seq = *items[argmax_item[0]].seq;
-            const Engine::HeadScreen* sc = e.head_screen();
+            const Engine::HeadScreen* sc = e.bf16_activations ? nullptr : e.head_screen();
             if (sc && seq.screen_rest > 0) seq.screen_rest--, sc = nullptr;
             int ne = 0;
             argmax[argmax_item[0]] = k.matmul_argmax(scratch.get(), ha, W.ptr, W.scale, sc ? sc->q : nullptr,
-                                                     sc ? sc->qs : nullptr, sc ? sc->err : nullptr, V, C, W.dtype, &ne);
+                                                     sc ? sc->qs : nullptr, sc ? sc->err : nullptr, V, C,
+                                                     e.bf16_activations ? (int)BF16A : W.dtype, &ne);
             n_exact[argmax_item[0]] = ne;
             if (sc) seq.screened_steps++;
             // a screen that kept over a quarter of the rows cost its own bytes on top of the whole head's: read the

@@ -15,7 +15,10 @@ namespace tg {
 struct Engine {
     Config cfg;
     Weights w;
-    Engine(const Config& c, Weights weights);  // validates every shape and dtype
+    // bf16_activations: bfloat16 matrices multiply activations rounded to bf16 (tg::BF16A: AVX512_BF16 where the
+    // CPU has it); greedy steps then read the whole head (the screen's bound is for float32 activations).
+    const bool bf16_activations;
+    Engine(const Config& c, Weights weights, bool bf16_activations = false);  // validates every shape and dtype
     // Greedy decoding's screening copy of the LM head (head_argmax's q, qs, err), borrowed like the weights.
     // Set at most once, possibly while forwards run (they read it atomically); null: greedy reads the whole head.
     struct HeadScreen {

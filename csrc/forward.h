@@ -12,7 +12,7 @@ namespace tg {
 
 // Weight dtype codes, the same in both backends and their bindings (python/tinygpt/dtypes.py: `code`).
 // I8: symmetric, one float scale per output row (cpu backend only).
-enum DType : int { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };
+enum DType : int { F32 = 0, F16 = 1, BF16 = 2, I8 = 3, BF16A = 4 };  // BF16A: bf16 weights, activations rounded to bf16 (matmul only)
 // Matmul epilogue flags, the same in both backends.
 enum MatmulFlags : int { GELU = 1, ACCUM = 2 };
 

@@ -115,7 +115,7 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("matmul", [](FArrOut out, FArrIn inp, py::array w, py::object b, int flags, const std::string& wdtype,
                        const std::string& isa, py::object wscale) {
         const auto [M, N, K] = check_matmul(out, inp, w, flags);
-        const int code = dtype_code(wdtype);
+        const int code = dtype_code(wdtype, true);
         const void* wp = weight_ptr(w, code, "matmul w");
         FArrIn bias;
         const float* bp = bias_ptr(b, N, bias);
@@ -204,14 +204,14 @@ PYBIND11_MODULE(_cpu, m) {
        "(np.argmax(x[K] @ w[N,K].T), rows evaluated exactly); q[N,K] int8 * qs[N] screens w (err[N,3]: head_screen)");
 
     py::class_<PyEngine, std::shared_ptr<PyEngine>>(m, "Engine", py::module_local())
-        .def(py::init([](py::dict cfg, py::dict weights, bool tied_head) {
+        .def(py::init([](py::dict cfg, py::dict weights, bool tied_head, bool bf16_activations) {
                  const Config c = read_config<Config>(cfg);
                  auto pe = std::make_shared<PyEngine>();
                  Weights w = read_weights(weights, c, tied_head, pe->keep, true);
-                 pe->engine = std::make_shared<Engine>(c, std::move(w));
+                 pe->engine = std::make_shared<Engine>(c, std::move(w), bf16_activations);
                  return pe;
              }),
-             py::arg("config"), py::arg("weights"), py::arg("tied_head"),
+             py::arg("config"), py::arg("weights"), py::arg("tied_head"), py::arg("bf16_activations") = false,
              "weights: {name: (array, dtype, int8 row scales or None)}, borrowed (not copied)")
         .def("set_head_screen", [](PyEngine& pe, py::object q, py::object qs, py::object err) {
             const WeightRef& W = pe.engine->w.head;

@@ -21,7 +21,9 @@ def models(tiny_dir):
         if backend not in tinygpt.available_backends():
             pytest.skip(f"backend {backend} unavailable")
         if (backend, dtype) not in cache:
-            cache[backend, dtype] = tinygpt.load(tiny_dir, backend=backend, dtype=dtype)
+            act16 = dtype == "bfloat16a"  # bf16 weights, bf16 activations (tinygpt.load(..., bf16_activations=True))
+            cache[backend, dtype] = tinygpt.load(tiny_dir, backend=backend, dtype="bfloat16" if act16 else dtype,
+                                                 bf16_activations=act16)
         return cache[backend, dtype]
     return get
 
@@ -36,7 +38,7 @@ def solo_logits(m, ids, chunks):
     return out
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "bfloat16a"])
 def test_mixed_batch_logits_bitwise_cpu(models, dtype):
     """Random batches of 1..17 sequences, each step mixing prefill chunks and decode rows, sequences joining mid-way:
     every sequence's logits equal bit for bit the logits it gets running alone with the same chunks."""
@@ -193,3 +195,28 @@ def test_more_prompts_than_one_batch(models):
     run = m.run_batch([(p, dict(max_new_tokens=0)) for p in prompts] + [("last", dict(max_new_tokens=2))])
     list(run)
     assert [len(r.tokens) for r in run.results] == [0] * 70 + [2]
+
+
+def test_bf16_activations_model(models):
+    """bf16 activations: close to the float32-activation bf16 model (not equal: the rounding is real), cached =
+    uncached bit for bit, greedy argmax = argmax of the logits (no screen), and refused where it does not apply."""
+    m, exact = models("cpu", "bfloat16a"), models("cpu", "bfloat16")
+    ids = np.random.default_rng(3).integers(0, m.config.n_vocab, 40)
+    full = m.logits(ids)
+    ref = exact.logits(ids)
+    err = np.abs(full - ref).max() / np.abs(ref).max()
+    assert 0 < err < 5e-2, err
+    s = m.backend.new_sequence()
+    parts = [s.forward(np.asarray(ids[:17], np.int32), all_logits=True)]
+    parts += [s.forward(np.asarray(ids[i:i + 1], np.int32), all_logits=True) for i in range(17, 40)]
+    np.testing.assert_array_equal(np.concatenate(parts), full)
+    text = m.generate_result(ids[:10].tolist(), max_new_tokens=8, temperature=0)
+    toks = [int(t) for t in ids[:10]]
+    for _ in range(8):
+        toks.append(int(np.argmax(m.logits(np.asarray(toks))[-1])))
+    assert text.tokens == toks[10:]
+    from tinygpt.errors import InvalidArgumentError
+    with pytest.raises(InvalidArgumentError, match="bfloat16 weights"):
+        tinygpt.load(m.checkpoint.path, backend="cpu", bf16_activations=True)  # float32 weights
+    with pytest.raises(InvalidArgumentError, match="cpu backend"):
+        tinygpt.load(m.checkpoint.path, backend="numpy", dtype="bfloat16", bf16_activations=True)

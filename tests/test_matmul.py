@@ -85,6 +85,45 @@ def test_matmul_rejects_bad_shapes():
 
 
 
+# -- bf16 activations ("bfloat16a": bf16 weights times activations rounded to bf16, vdpbf16ps where the CPU has it) --
+def stored(wdtype):
+    return "bfloat16" if wdtype == "bfloat16a" else wdtype
+
+
+def round_bf16(x):
+    """float32 -> nearest bfloat16 (ties to even), as float32 (finite inputs)."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 37, 29), (1, 64, 768), (3, 50, 33), (9, 70, 100), (64, 96, 257), (17, 33, 64)])
+@pytest.mark.parametrize("flags", [0, 1, 2], ids=["plain", "gelu", "accum"])
+def test_matmul_bf16_activations(kern, rng, M, N, K, flags):
+    """Within float32 rounding of the float64 product of the rounded activations and the bf16 weights, at every
+    cpu ISA level (AVX512_BF16 or not); an unrounded reference is off by the rounding (so the rounding happens)."""
+    if not isinstance(kern.name, str) or not kern.name.startswith("cpu"):
+        pytest.skip("bf16 activations are a cpu-backend option")
+    inp = rng.standard_normal((M, K)).astype(np.float32)
+    w, _ = make_weights(rng, (N, K), "bfloat16", 1 / math.sqrt(K))
+    w64 = widen(w, "bfloat16").astype(np.float64)
+    b = rng.standard_normal(N).astype(np.float32)
+    out = rng.standard_normal((M, N)).astype(np.float32)
+    ref = reference(round_bf16(inp), w64, b, flags, out)
+    exact = reference(inp, w64, b, flags, out)
+    kern.matmul(out, inp, w, b, flags=flags, wdtype="bfloat16a")
+    assert rel_err(out, ref) <= TOL["matmul"]
+    if K >= 29 and flags != 2:
+        assert rel_err(out, exact) > 10 * TOL["matmul"]
+
+
+def test_bf16_activations_is_a_matmul_dtype_only():
+    pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
+    from tinygpt import _cpu
+    with pytest.raises(ValueError, match="dtype"):
+        _cpu.embedding(np.zeros((1, 4), np.float32), np.zeros(1, np.int32), np.zeros((3, 4), np.uint16),
+                       np.zeros((2, 4), np.float32), 0, "bfloat16a")
+
+
 # -- row invariance: a row's values do not depend on the other rows of the call, nor on the thread count --------
 def _cpu_kern(kern):
     if not isinstance(kern.name, str) or not kern.name.startswith("cpu"):
@@ -92,7 +131,7 @@ def _cpu_kern(kern):
     return kern
 
 
-@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("wdtype", ["float32", "float16", "bfloat16", "int8", "bfloat16a"])
 @pytest.mark.parametrize("flags", [0, 1, 2], ids=["plain", "gelu", "accum"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("N,K", [(301, 203), (37, 5), (70, 768)])
@@ -103,7 +142,7 @@ def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
     from tinygpt import _cpu
     M = 40
     inp = rng.standard_normal((M, K)).astype(np.float32)
-    w, scale = make_weights(rng, (N, K), wdtype, 1 / math.sqrt(K))
+    w, scale = make_weights(rng, (N, K), stored(wdtype), 1 / math.sqrt(K))
     b = rng.standard_normal(N).astype(np.float32) if bias else None
     resid = rng.standard_normal((M, N)).astype(np.float32)
     kw = dict(wscale=scale) if scale is not None else {}
@@ -119,7 +158,8 @@ def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
         return out
 
     full = run(np.arange(M))
-    assert rel_err(full, reference(inp, widen(w, wdtype, scale).astype(np.float64), b, flags, resid)) <= 3e-5
+    inp_ref = round_bf16(inp) if wdtype == "bfloat16a" else inp
+    assert rel_err(full, reference(inp_ref, widen(w, stored(wdtype), scale).astype(np.float64), b, flags, resid)) <= 3e-5
     np.testing.assert_array_equal(run(np.arange(M), threads=1), full)
     for m in rng.choice(M, 12, replace=False):
         np.testing.assert_array_equal(run(np.array([m]))[0], full[m], err_msg=f"row {m} alone")

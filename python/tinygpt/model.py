@@ -21,7 +21,7 @@ from .weights import Checkpoint, load_checkpoint
 
 class Model:
     def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, bf16_activations: bool = False):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
         self.tokenizer = tokenizer
@@ -29,7 +29,7 @@ class Model:
             raise InvalidArgumentError(f"tokenizer has {tokenizer.n_vocab} tokens but the model only "
                                        f"{self.config.n_vocab}: vocabulary files do not match the weights")
         self.backend_name = backends.resolve(backend)  # None: $TINYGPT_BACKEND or auto
-        self.backend = backends.create(self.backend_name, checkpoint, threads)
+        self.backend = backends.create(self.backend_name, checkpoint, threads, bf16_activations)
 
     @property
     def dtype(self) -> str:
@@ -161,13 +161,17 @@ class Model:
 
 def load(model: str | Path, backend: str | None = None, *, dtype: str | None = None, threads: int | None = None,
          offline: bool | None = None, cache_dir: str | Path | None = None, revision: str = "main",
-         progress=None) -> Model:
+         progress=None, bf16_activations: bool = False) -> Model:
     """Load GPT-2 from a local path (HF directory, tinygpt file/dir) or a hub name (gpt2, org/name).
 
     backend: auto | numpy | cpu | cuda (None: $TINYGPT_BACKEND, else auto). dtype converts the matrices at load
-    (float32 | float16 | bfloat16 | int8, or an alias such as bf16; default: as stored)."""
+    (float32 | float16 | bfloat16 | int8, or an alias such as bf16; default: as stored).
+    bf16_activations (cpu backend, bfloat16 weights): matmuls round their input activations to bf16 and use the
+    CPU's bf16 dot-product instruction where it has one (AVX512_BF16): faster prefill and scoring, values no longer
+    those of float32 activations (README, "What is exact")."""
     from .hub import resolve_model
     path = resolve_model(str(model), offline=offline, cache_dir=cache_dir, revision=revision, progress=progress)
     ck = load_checkpoint(path, dtype)
     vocab_dir = ck.vocab_dir or (path if Path(path).is_dir() else Path(path).parent)
-    return Model(ck, Tokenizer.from_dir(vocab_dir), backend=backend, threads=threads)
+    return Model(ck, Tokenizer.from_dir(vocab_dir), backend=backend, threads=threads,
+                 bf16_activations=bf16_activations)

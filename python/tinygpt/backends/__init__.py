@@ -77,13 +77,15 @@ def resolve(name: str | None) -> str:
     return name
 
 
-def create(name: str, checkpoint, threads: int | None = None):
+def create(name: str, checkpoint, threads: int | None = None, bf16_activations: bool = False):
+    if bf16_activations and name != "cpu":
+        raise InvalidArgumentError(f"bf16_activations is a cpu backend option (backend {name!r})")
     if name == "numpy":
         from .numpy_backend import NumpyBackend
         return NumpyBackend(checkpoint)
     if name == "cpu":
         from .cpu_backend import CpuBackend
-        return CpuBackend(checkpoint, threads)
+        return CpuBackend(checkpoint, threads, bf16_activations=bf16_activations)
     if name == "cuda":
         from .cuda_backend import CudaBackend
         return CudaBackend(checkpoint)

@@ -18,23 +18,30 @@ from .native import NativeSequence, engine_config, engine_weights
 class CpuBackend(Backend):
     name = "cpu"
 
-    def __init__(self, ck, threads: int | None = None, screen_head: str | None = None):
+    def __init__(self, ck, threads: int | None = None, screen_head: str | None = None, bf16_activations: bool = False):
         try:
             from .. import _cpu
         except ImportError as e:
             raise BackendUnavailableError(f"tinygpt._cpu is not available: {e}") from None
         self._cpu = _cpu
+        if not isinstance(bf16_activations, bool):
+            raise InvalidArgumentError(f"bf16_activations must be True or False, got {bf16_activations!r}")
+        if bf16_activations and ck.dtype != "bfloat16":
+            raise InvalidArgumentError(f"bf16_activations needs bfloat16 weights (dtype='bfloat16'), not {ck.dtype}")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
         try:  # the native module checks thread counts and TINYGPT_ISA (ValueError): typed errors here
             apply_threads(_cpu, threads)  # process-wide (OpenMP); default: physical cores (threads.py)
             _cpu.build_info()  # picks the kernel table now: a bad TINYGPT_ISA fails at load, not mid-generation
-            self.engine = _cpu.Engine(engine_config(ck.config), engine_weights(ck), ck.config.tie_word_embeddings)
+            self.engine = _cpu.Engine(engine_config(ck.config), engine_weights(ck), ck.config.tie_word_embeddings,
+                                      bf16_activations)
         except ValueError as e:
             raise InvalidArgumentError(str(e)) from None
         self.cfg, self.dtype = ck.config, ck.dtype
-        self.screen_head = head_screen.wanted(ck.dtype, screen_head)
+        self.bf16_activations = bf16_activations
+        # the screen's error bound is for float32 activations: with bf16 ones greedy steps read the whole head
+        self.screen_head = head_screen.wanted(ck.dtype, screen_head) and not bf16_activations
         self._head = ck.tensors[head_name(ck.config)]
         self._screened = False
         self._lock = threading.Lock()

@@ -138,6 +138,15 @@ def test_batched_merge_keeps_pieces_apart(tok):
         assert tok._bpe_many(raws) == alone, n_pieces
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["aeht", "éüñçø", "aéü中Ω", "中文字", "0123456789", "!?×÷.", "🙂👍", " ", "\n\x00"])
+                .flatmap(lambda cls: st.text(alphabet=cls, min_size=1, max_size=80)), max_size=30))
+def test_property_long_pieces_match_tiktoken(tok, tik, runs):
+    """Texts of many pre-tokens past 32 bytes (runs of one class), which one batched merge encodes together."""
+    text = "".join(runs)
+    assert tok.encode(text) == tik.encode_ordinary(text)
+
+
 def test_long_pieces_are_not_quadratic(tok, tik):
     """200k random lowercase letters with no space took ~85 s with the quadratic merge (tiktoken: 0.04 s
     then, ~0.4 s on this busy machine now). Generous bound: 10x tiktoken's time, plus 1 s."""

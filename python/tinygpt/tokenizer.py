@@ -101,7 +101,7 @@ class Tokenizer:
         # bytes -> their token ids in one C call, when those ids fit in a byte (GPT-2's do)
         self._byte_tr = bytes(self._byte_ids) if all(0 <= i < 256 for i in self._byte_ids) else None
         self._len = [len(b) for b in self._id_bytes]  # token id -> its length in bytes
-        self._byte_pair_rank = None  # [256, 256] rank of each byte pair, built at the first long piece
+        self._byte_pair_rank = None  # rank of each byte pair (x * 256 + y), built at the first long input
         self._pair_rank: dict[int, int] = {}
         self._merged_id: list[int] = []
         self._left_id: list[int] = []  # rank -> the pair it merges

@@ -124,6 +124,29 @@ def test_long_pieces_match_tiktoken(tok, tik, n):
             assert tok._bpe(word) == tok._bpe_long(piece.encode()), (name, piece[:20])
 
 
+def test_batched_merge_keeps_pieces_apart(tok):
+    """_bpe_many lays many pieces end to end with a separator between them: each piece must get the ids it
+    gets alone (no merge across the separator, a NUL byte inside a piece is no separator), on both of its
+    pair-finding paths (under and over 512 bytes in all)."""
+    import random
+    rnd = random.Random(3)
+    parts = ["th", "e", " the", "in", "g", "é", "\x00", "\x00\x00", "🙂", "aa", "a", "12", "3", "!!", "ü", " "]
+    for n_pieces in (3, 40, 400):
+        pieces = ["".join(rnd.choice(parts) for _ in range(rnd.randrange(1, 12))) for _ in range(n_pieces)]
+        raws = [p.encode() for p in pieces]
+        alone = [list(tok._bpe(r.decode("latin-1").translate(tok._byte_table))) for r in raws]
+        assert tok._bpe_many(raws) == alone, n_pieces
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["aeht", "éüñçø", "aéü中Ω", "中文字", "0123456789", "!?×÷.", "🙂👍", " ", "\n\x00"])
+                .flatmap(lambda cls: st.text(alphabet=cls, min_size=1, max_size=80)), max_size=30))
+def test_property_long_pieces_match_tiktoken(tok, tik, runs):
+    """Texts of many pre-tokens past 32 bytes (runs of one class), which one batched merge encodes together."""
+    text = "".join(runs)
+    assert tok.encode(text) == tik.encode_ordinary(text)
+
+
 def test_long_pieces_are_not_quadratic(tok, tik):
     """200k random lowercase letters with no space took ~85 s with the quadratic merge (tiktoken: 0.04 s
     then, ~0.4 s on this busy machine now). Generous bound: 10x tiktoken's time, plus 1 s."""

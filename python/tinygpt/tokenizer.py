@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import heapq
 import json
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -42,6 +43,7 @@ PATTERN = regex.compile(
 # by GPT-2's original pattern, which gives the same pieces there.
 _FAST_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 _NEWER_CHARS = frozenset(chr(c) for a, b in NEWER_LETTERS_DIGITS for c in range(a, b + 1))
+_NEWER_TABLE = None  # code point -> in NEWER_LETTERS_DIGITS, built at the first long non-ASCII text
 # The piece -> ids cache is bounded in (approximate) bytes, and long pieces skip it: a prompt of many distinct
 # long words must not grow memory. Pieces up to _SHORT symbols use the simple merge loop (quadratic in the
 # piece, fast for the short words of real text); longer ones the heap merge, O(n log n) for any input.
@@ -96,7 +98,10 @@ class Tokenizer:
         # the heap merge works on ids: pair (a, b) -> rank as one int key a * _K + b, rank -> merged id
         self._char_id = {c: encoder[c] for c in byte_enc.values() if c in encoder}
         self._byte_ids = [self._char_id.get(byte_enc[b], -1) for b in range(256)]
-        self._byte_pair_rank = None  # [256, 256] rank of each byte pair, built at the first long piece
+        # bytes -> their token ids in one C call, when those ids fit in a byte (GPT-2's do)
+        self._byte_tr = bytes(self._byte_ids) if all(0 <= i < 256 for i in self._byte_ids) else None
+        self._len = [len(b) for b in self._id_bytes]  # token id -> its length in bytes
+        self._byte_pair_rank = None  # rank of each byte pair (x * 256 + y), built at the first long input
         self._pair_rank: dict[int, int] = {}
         self._merged_id: list[int] = []
         self._left_id: list[int] = []  # rank -> the pair it merges
@@ -171,18 +176,29 @@ class Tokenizer:
         return tuple(enc[p] for p in parts)
 
     def _bpe_long(self, data: bytes) -> tuple[int, ...]:
-        """The same merges in O(n log n), on token ids. Symbols sit in a linked list; the positions of each
-        candidate pair wait in a bucket per rank, and a heap yields the lowest rank present. A bucket is merged
-        left to right, as the loop above does. Merging creates only pairs of higher rank (checked at load:
-        a merge's parts come from earlier merges), so a bucket never grows while it is merged. A position is
-        stale when the pair now there is not the bucket's pair. The first buckets (byte pairs) of a long
-        piece are built with NumPy: most of the time on input that hardly merges."""
-        get, merged, left, right = self._pair_rank.get, self._merged_id, self._left_id, self._right_id
+        return tuple(self._bpe_many([data])[0])
+
+    def _bpe_many(self, raws: list[bytes]) -> list[list[int]]:
+        """The same merges as _bpe in O(n log n) for any input, on token ids, for many pieces at once: they are
+        laid end to end with one separator (id -2, in no pair) between them, which saves the fixed costs per
+        piece. sym[t] is the id of the token that starts at byte t, -1 inside a token; a token ends at its
+        start plus its length, and start[t] is where the token that ends at byte t begins (-1: at t), so no
+        per-byte linked list is built. The positions of each candidate pair wait in a bucket per rank, and a
+        heap yields the lowest rank present. A bucket is merged left to right, as _bpe does. Merging creates
+        only pairs of higher rank (checked at load: a merge's parts come from earlier merges), so a bucket
+        never grows while it is merged. A position is stale when the pair now there is not the bucket's pair.
+        The first buckets (byte pairs) of a long input are built with NumPy: most of the time on input that
+        hardly merges."""
+        get, merged, left, right, blen = self._pair_rank.get, self._merged_id, self._left_id, self._right_id, self._len
+        data = b"\0".join(raws)
         n = len(data)
+        ends = list(accumulate(len(r) + 1 for r in raws))  # one past each piece's separator
+        sym = list(data.translate(self._byte_tr)) if self._byte_tr is not None else [self._byte_ids[b] for b in data]
+        for e in ends[:-1]:
+            sym[e - 1] = -2
         buckets: dict[int, list[int]] = {}
-        if n < 512:  # NumPy's fixed costs outweigh its speed on a short piece
-            sym = [self._byte_ids[b] for b in data]
-            for i, r in enumerate(map(get, [x * _K + y for x, y in zip(sym, sym[1:])])):
+        if n < 512:  # NumPy's fixed costs outweigh its speed on a short input
+            for i, r in enumerate(map(get, [x * _K + y for x, y in zip(sym, sym[1:])])):  # -2 makes no key
                 if r is not None:
                     b = buckets.get(r)
                     if b is None:
@@ -190,13 +206,15 @@ class Tokenizer:
                     else:
                         b.append(i)
         else:
-            if self._byte_pair_rank is None:
+            if self._byte_pair_rank is None:  # rank of byte pair (x, y) at x * 256 + y
                 bid = self._byte_ids
-                self._byte_pair_rank = np.array([[-1 if (r := get(x * _K + y)) is None else r for y in bid]
-                                                 for x in bid], dtype=np.int64)
+                self._byte_pair_rank = np.array([-1 if (r := get(x * _K + y)) is None else r
+                                                 for x in bid for y in bid], dtype=np.int32)
             a = np.frombuffer(data, np.uint8)
-            sym = np.asarray(self._byte_ids, np.int64)[a].tolist()
-            rk = self._byte_pair_rank[a[:-1], a[1:]]
+            pair = a[:-1].astype(np.uint16)
+            pair <<= 8
+            pair |= a[1:]
+            rk = self._byte_pair_rank[pair]  # pairs with a separator (a NUL byte here) are stale below
             idx = np.flatnonzero(rk >= 0)
             rv = rk[idx]
             order = np.argsort(rv, kind="stable")  # by rank, then position
@@ -204,9 +222,7 @@ class Tokenizer:
             starts = np.flatnonzero(np.r_[True, rv[1:] != rv[:-1]]) if len(rv) else np.zeros(0, np.int64)
             pos, bounds = idx.tolist(), starts.tolist() + [len(idx)]
             buckets = {r: pos[b:e] for r, b, e in zip(rv[starts].tolist(), bounds, bounds[1:])}
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
+        start = [-1] * n
         heap = list(buckets)
         heapq.heapify(heap)
         pop, push = heapq.heappop, heapq.heappush
@@ -215,15 +231,15 @@ class Tokenizer:
             pos = buckets.pop(r)
             pos.sort()
             m, x, y = merged[r], left[r], right[r]
+            lx, lm = blen[x], blen[m]
             for i in pos:
-                j = nxt[i]
-                if j < 0 or sym[i] != x or sym[j] != y:  # merged away, or a neighbour changed
+                # a live x at i is followed by a token (the pair was there), which starts at i + lx
+                if sym[i] != x or sym[i + lx] != y:  # merged away, or a neighbour changed
                     continue
-                sym[i], sym[j] = m, -1
-                k = nxt[j]
-                nxt[i] = k
-                if k >= 0:
-                    prv[k] = i
+                sym[i], sym[i + lx] = m, -1
+                k = i + lm
+                start[k - 1] = i
+                if k < n:
                     r2 = get(m * _K + sym[k])
                     if r2 is not None:
                         b = buckets.get(r2)
@@ -232,8 +248,10 @@ class Tokenizer:
                             push(heap, r2)
                         else:
                             b.append(i)
-                p = prv[i]
-                if p >= 0:
+                if i:
+                    p = start[i - 1]
+                    if p < 0:
+                        p = i - 1
                     r2 = get(sym[p] * _K + m)
                     if r2 is not None:
                         b = buckets.get(r2)
@@ -242,24 +260,11 @@ class Tokenizer:
                             push(heap, r2)
                         else:
                             b.append(p)
-        return tuple(filter((-1).__ne__, sym))  # live symbols; the list's order is the positions' order
-
-    def _encode_piece(self, piece: str) -> tuple[int, ...]:
-        ids = self._cache.get(piece)
-        if ids is None:
-            raw = piece.encode("utf-8")
-            if len(raw) > _SHORT:
-                ids = self._bpe_long(raw)
-            else:
-                ids = self._bpe(raw.decode("latin-1").translate(self._byte_table))
-            if len(piece) <= _CACHE_MAX_PIECE:
-                cost = 120 + 4 * len(piece) + 8 * len(ids)  # dict slot, str and tuple objects, roughly
-                if self._cache_bytes + cost > _CACHE_BYTES:
-                    self._cache.clear()
-                    self._cache_bytes = 0
-                self._cache[piece] = ids
-                self._cache_bytes += cost
-        return ids
+        out, b = [], 0
+        for e in ends:
+            out.append([s for s in sym[b:e - 1] if s >= 0])
+            b = e
+        return out  # lists: a tuple copy costs ~10% here, and only the cached ones need to be immutable
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text with `<|endoftext|>` treated as plain characters."""
@@ -267,13 +272,55 @@ class Tokenizer:
             text.encode("utf-8")
         except UnicodeEncodeError:
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        out: list[int] = []
-        ext, piece_ids = out.extend, self._encode_piece
-        fast = text.isascii() or _NEWER_CHARS.isdisjoint(text)  # a set test: ~30x faster than a regex scan
-        pattern = _FAST_PATTERN if fast else PATTERN
-        for piece in pattern.findall(text):
-            ext(piece_ids(piece))
-        return out
+        pattern = _FAST_PATTERN if text.isascii() or not self._has_newer(text) else PATTERN
+        pieces = pattern.findall(text)
+        parts = list(map(self._cache.get, pieces))
+        if None in parts:
+            self._fill(pieces, parts)
+        return list(chain.from_iterable(parts))
+
+    def _fill(self, pieces: list[str], parts: list) -> None:
+        """Encodes the pieces the cache lacked (parts[i] is None), each distinct one once, the long ones in one
+        _bpe_many call."""
+        miss = [i for i, ids in enumerate(parts) if ids is None]
+        todo: dict[str, Sequence[int]] = dict.fromkeys(pieces[i] for i in miss)
+        long, raws = [], []
+        for piece in todo:
+            raw = piece.encode("utf-8")
+            if len(raw) > _SHORT:
+                long.append(piece)
+                raws.append(raw)
+            else:
+                todo[piece] = self._bpe(raw.decode("latin-1").translate(self._byte_table))
+        if long:
+            todo.update(zip(long, self._bpe_many(raws)))
+        cache = self._cache
+        for piece, ids in todo.items():
+            if len(piece) <= _CACHE_MAX_PIECE:
+                todo[piece] = ids = tuple(ids)
+                cost = 120 + 4 * len(piece) + 8 * len(ids)  # dict slot, str and tuple objects, roughly
+                if self._cache_bytes + cost > _CACHE_BYTES:
+                    cache.clear()
+                    self._cache_bytes = 0
+                cache[piece] = ids
+                self._cache_bytes += cost
+        for i in miss:
+            parts[i] = todo[pieces[i]]
+
+    @staticmethod
+    def _has_newer(text: str) -> bool:
+        """Whether text holds a code point of NEWER_LETTERS_DIGITS: a set test on short text, a NumPy table
+        look-up on long text (~20x faster there than the set's per-character hashing)."""
+        if len(text) < 256:
+            return not _NEWER_CHARS.isdisjoint(text)
+        global _NEWER_TABLE
+        if _NEWER_TABLE is None:
+            t = np.zeros(NEWER_LETTERS_DIGITS[-1][1] + 2, np.bool_)  # the last entry, False, for all above
+            for a, b in NEWER_LETTERS_DIGITS:
+                t[a:b + 1] = True
+            _NEWER_TABLE = t
+        cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+        return bool(_NEWER_TABLE[np.minimum(cps, len(_NEWER_TABLE) - 1)].any())
 
     def encode(self, text: str, allowed_special: Iterable[str] | str = ()) -> list[int]:
         """Encode text. Special tokens are plain text unless named in allowed_special (or it is "all")."""

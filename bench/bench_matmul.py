@@ -13,8 +13,8 @@ SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (5
 
 
 def make(rng, N, K, wdtype):
-    """(weights, row scales or None) in the stored dtype."""
-    return dtypes.get(wdtype).to_stored(rng.standard_normal((N, K), np.float32))
+    """(weights, row scales or None) in the stored dtype ("bfloat16a": bf16 weights, activations rounded to bf16)."""
+    return dtypes.get("bfloat16" if wdtype == "bfloat16a" else wdtype).to_stored(rng.standard_normal((N, K), np.float32))
 
 
 def call(impl, out, x, w, wdtype):
@@ -39,6 +39,8 @@ def cuda_matmul(out, x, ws, wdtype):
 def skip_unsupported(impl, wdtype):
     if impl == "numpy" and wdtype != "float32":
         pytest.skip("NumPy matmul has no reduced-precision weights")
+    if impl != "cpu" and wdtype == "bfloat16a":
+        pytest.skip("bf16 activations are a cpu-backend option")
     if impl == "cuda" and wdtype == "int8":
         pytest.skip("int8 weights are cpu-only")
 
@@ -67,8 +69,8 @@ def bench_decode_gemv(benchmark, impl, shape, wdtype):
                                 gb_s=round(nbytes / median_s(benchmark) / 1e9, 2))
 
 
-@pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "int8"])
-@pytest.mark.parametrize("T", [64, 512])
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "bfloat16a", "int8"])
+@pytest.mark.parametrize("T", [64, 512, 1024])
 @pytest.mark.parametrize("shape", ["qkv", "fc", "proj"])
 @pytest.mark.parametrize("impl", backend_params())
 def bench_prefill_gemm(benchmark, impl, shape, T, wdtype):
@@ -136,3 +138,78 @@ def bench_decode_small_m(benchmark, impl, shape, wdtype, M):
     benchmark.extra_info.update(kernel="matmul", mode="decode batch", M=M, N=N, K=K, wdtype=wdtype,
                                 rows_s=round(M / median_s(benchmark)),
                                 gb_s=round(ws[0][0].nbytes / median_s(benchmark) / 1e9, 2))
+
+
+_NUMPY_GEMM = """
+import sys, time, numpy as np
+from threadpoolctl import threadpool_limits, threadpool_info
+T, N, K, threads, reps = (int(a) for a in sys.argv[1:6])
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((T, K), np.float32), rng.standard_normal((N, K), np.float32)
+out = np.empty((T, N), np.float32)
+with threadpool_limits(threads):
+    best = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); np.matmul(x, w.T, out=out); best.append(time.perf_counter() - t0)
+kern = [(i.get("internal_api"), i.get("architecture")) for i in threadpool_info()]
+print(min(best), kern)
+"""
+
+
+def numpy_blas_s(T, N, K, threads, reps=7):
+    """Best time of NumPy's x @ w.T in a subprocess with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed (set, as on
+    these hosts, they pin OpenBLAS to its Haswell kernel at half the AVX-512 speed); None if it cannot run."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    r = subprocess.run([sys.executable, "-c", _NUMPY_GEMM, str(T), str(N), str(K), str(threads), str(reps)], env=env,
+                       capture_output=True, text=True)
+    return (float(r.stdout.split()[0]), r.stdout.split(None, 1)[1].strip()) if r.returncode == 0 else (None, r.stderr)
+
+
+@pytest.mark.parametrize("T", [64, 512, 1024])
+@pytest.mark.parametrize("shape", ["qkv", "fc", "proj", "lm_head"])
+def bench_prefill_gemm_vs_blas(benchmark, shape, T):
+    """tinygpt cpu fp32 GEMM against the host's BLAS on the same shape and thread count: NumPy's OpenBLAS with
+    OPENBLAS_* unset (in a subprocess, best of 7, before and after) and torch.matmul (alternated in rounds with
+    tinygpt). fraction_of_blas = the best BLAS time / tinygpt's best time (the issue's "GEMM path at >= 85% of the
+    fp32 GEMM peak measured in the same run"). bf16a_gflop_s: tinygpt's bf16-activation path (vdpbf16ps where the
+    CPU has it) in the same rounds, for reference against the fp32 peak."""
+    pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
+    from tinygpt import _cpu
+    threads = _cpu.get_num_threads()
+    N, K = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    w, _ = make(rng, N, K, "float32")
+    w16, _ = make(rng, N, K, "bfloat16")
+    x = rng.standard_normal((T, K), np.float32)
+    out = np.empty((T, N), np.float32)
+    fns = {"tinygpt": lambda: _cpu.matmul(out, x, w), "bf16a": lambda: _cpu.matmul(out, x, w16, None, 0, "bfloat16a")}
+    try:
+        import torch
+        torch.set_num_threads(threads)
+        tx, tw, tout = torch.from_numpy(x), torch.from_numpy(w).t(), torch.from_numpy(out)
+        fns["torch"] = lambda: torch.matmul(tx, tw, out=tout)
+    except ImportError:
+        pass
+    np_before, blas = numpy_blas_s(T, N, K, threads)
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(7):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    np_after, _ = numpy_blas_s(T, N, K, threads)
+    run_pedantic(benchmark, fns["tinygpt"])
+    best = {k: min(v) for k, v in times.items()}
+    nps = [t for t in (np_before, np_after) if t]
+    if nps:
+        best["numpy"] = min(nps)
+    ref = min(v for k, v in best.items() if k in ("numpy", "torch"))
+    flop = 2 * T * N * K
+    benchmark.extra_info.update(kernel="matmul", mode="prefill vs blas", T=T, N=N, K=K, threads=threads, blas=blas,
+                                gflop_s={k: round(flop / v / 1e9, 1) for k, v in best.items()},
+                                fraction_of_blas=round(ref / best["tinygpt"], 3))

@@ -2,7 +2,8 @@
 host hit every runner alike; medians per runner and same-run ratios go to extra_info.
 
 bench_score_forward: one forward over 1024 tokens returning every position's logits (what perplexity runs):
-tinygpt cpu float32 / bfloat16 (`Model.logits`), `Model.score` (the same forward + float64 log-softmax, ranks),
+tinygpt cpu float32 / bfloat16 / bfloat16 with bf16 activations (`Model.logits`; the last rounds matmul inputs to
+bf16 as transformers' bfloat16 does, and uses vdpbf16ps on AVX512_BF16 CPUs), `Model.score` (the same forward + float64 log-softmax, ranks),
 transformers float32 / bfloat16 (`model(ids).logits`), llama.cpp F32 / F16 through llama-cpp-python
 (`logits_all=True`), each peer when installed.
 
@@ -92,8 +93,10 @@ def bench_score_forward(benchmark, model_dir, tmp_path_factory):
     runners = {}
     m32 = tinygpt.load(d, backend="cpu", dtype="float32")
     m16 = tinygpt.load(d, backend="cpu", dtype="bfloat16")
+    m16a = tinygpt.load(d, backend="cpu", dtype="bfloat16", bf16_activations=True)
     runners["tinygpt cpu float32"] = lambda: m32.logits(ids)
     runners["tinygpt cpu bfloat16"] = lambda: m16.logits(ids)
+    runners["tinygpt cpu bfloat16 bf16-activations"] = lambda: m16a.logits(ids)
     runners["tinygpt cpu float32 Model.score"] = lambda: m32.score(ids, context=T_FWD)
     hf, ll = _peers_available()
     if hf:
@@ -172,9 +175,10 @@ def bench_perplexity(benchmark, model_dir):
     n = n_ppl_tokens()
     ids = _ids(n, 2)
     runners, info = {}, {}
-    for dt in ("float32", "bfloat16"):
-        m = tinygpt.load(d, backend="cpu", dtype=dt)
-        runners[f"tinygpt cpu {dt}"] = lambda m=m: m.perplexity(ids, context=CONTEXT, stride=STRIDE).perplexity
+    for dt, act16 in (("float32", False), ("bfloat16", False), ("bfloat16", True)):
+        m = tinygpt.load(d, backend="cpu", dtype=dt, bf16_activations=act16)
+        name = f"tinygpt cpu {dt}" + (" bf16-activations" if act16 else "")
+        runners[name] = lambda m=m: m.perplexity(ids, context=CONTEXT, stride=STRIDE).perplexity
     hf, ll = _peers_available()
     if hf:
         runners["transformers cpu float32 (documented recipe)"] = hf_strided(d, ids, "float32")

@@ -3,6 +3,8 @@ decode tokens/s, at real GPT-2 shapes (random weights), against the peers' own b
 
 bench_batch_round_robin loads every runner first, then each pass runs each runner once in turn (same 8 prompts):
   tinygpt cpu float32 / bfloat16 batched      Model.generate_result(list of 8 prompts): one forward per step
+  tinygpt cpu bfloat16 bf16-activations       the same with activations rounded to bf16 (vdpbf16ps on AVX512_BF16
+    batched                                   CPUs), as llama.cpp's F16 rounds them to f16
   tinygpt cpu float32 one-at-a-time           the 8 prompts in 8 calls, head screen off (TINYGPT_GREEDY_SCREEN=0):
                                               the single-sequence full-head decode issue 10 takes as the baseline
   llama.cpp F32 / F16 batched [split-KV]      one llama_decode per step carrying one token of each of the 8
@@ -87,9 +89,9 @@ def tinygpt_one_at_a_time(m):
     return run
 
 
-def load_tinygpt(d, dtype, screen=None):
+def load_tinygpt(d, dtype, screen=None, bf16_activations=False):
     if screen is None:
-        return tinygpt.load(d, backend="cpu", dtype=dtype)
+        return tinygpt.load(d, backend="cpu", dtype=dtype, bf16_activations=bf16_activations)
     old = os.environ.get("TINYGPT_GREEDY_SCREEN")
     os.environ["TINYGPT_GREEDY_SCREEN"] = screen  # read when the backend is made
     try:
@@ -289,9 +291,11 @@ def bench_batch_round_robin(benchmark, model_dir, size):
         pytest.skip(f"cpu backend unavailable: {backends.status()['cpu'][1]}")
     d, ps, skipped = model_dir(size), prompts(B_MAIN), {}
     fp32, bf16 = load_tinygpt(d, "float32"), load_tinygpt(d, "bfloat16")
+    bf16a = load_tinygpt(d, "bfloat16", bf16_activations=True)
     solo = "tinygpt cpu float32 one-at-a-time"
     runners = {"tinygpt cpu float32 batched": tinygpt_batched(fp32),
                "tinygpt cpu bfloat16 batched": tinygpt_batched(bf16),
+               "tinygpt cpu bfloat16 bf16-activations batched": tinygpt_batched(bf16a),
                solo: tinygpt_one_at_a_time(load_tinygpt(d, "float32", screen="0"))}
     llama_models: list = []
     llama = llama_runners(d, B_MAIN, skipped, llama_models)
@@ -301,8 +305,9 @@ def bench_batch_round_robin(benchmark, model_dir, size):
         runners[hf] = transformers_generate(d)
     else:
         skipped["transformers"] = "peer not installed: pip install torch transformers"
-    # bf16 one at a time, untimed: the reference the bf16 batched tokens must equal
+    # bf16 one at a time, untimed: the references the bf16 batched tokens must equal
     bf16_solo = tinygpt_one_at_a_time(bf16)(ps)["tokens"]
+    bf16a_solo = tinygpt_one_at_a_time(bf16a)(ps)["tokens"]
     runs = {name: [] for name in runners}
 
     def one_pass(keep):
@@ -316,6 +321,8 @@ def bench_batch_round_robin(benchmark, model_dir, size):
                 "fp32 batched greedy tokens differ from the same prompts run one at a time"
             assert runs["tinygpt cpu bfloat16 batched"][-1]["tokens"] == bf16_solo, \
                 "bf16 batched greedy tokens differ from the same prompts run one at a time"
+            assert runs["tinygpt cpu bfloat16 bf16-activations batched"][-1]["tokens"] == bf16a_solo, \
+                "bf16-activation batched greedy tokens differ from the same prompts run one at a time"
     try:
         one_pass(False)
         run_pedantic(benchmark, lambda: one_pass(True), rounds=ROUNDS)
@@ -341,7 +348,8 @@ def bench_batch_round_robin(benchmark, model_dir, size):
         batched=dict(B=B_MAIN, n_new=N_NEW, size=size, prompt_lens=[len(p) for p in ps], threads=THREADS,
                      refs=refs, runners=table, skipped=skipped, passes=ROUNDS,
                      tokens_equal_one_at_a_time={"tinygpt cpu float32 batched": True,
-                                                 "tinygpt cpu bfloat16 batched": True},  # asserted every pass
+                                                 "tinygpt cpu bfloat16 batched": True,
+                                                 "tinygpt cpu bfloat16 bf16-activations batched": True},  # asserted
                      # peers compute in another order: sequences whose 128 greedy tokens equal tinygpt fp32's
                      same_tokens_as_tinygpt_fp32={n: sum(a == b for a, b in zip(rs[0]["tokens"], ref_tokens))
                                                   for n, rs in runs.items() if not n.startswith("tinygpt")},

@@ -31,11 +31,12 @@ struct KernelTable {
     // b may be null; flags: GELU | ACCUM
     void (*matmul)(float* out, const float* inp, const void* w, const float* wscale, const float* b, int M, int N,
                    int K, int wdtype, int flags);
-    // np.argmax over n of x[K] . W[n,:] (the M == 1 matmul, no bias, no flags) without reading every row exactly:
-    // q[N,K] int8 * qs[N] screens W within the bounds err[N,3] describe; q null: every row. scratch[N]; returns the
-    // index and sets *n_exact to the rows evaluated exactly (head_argmax.cpp).
-    int (*matmul_argmax)(float* scratch, const float* x, const void* w, const float* wscale, const int8_t* q,
-                         const float* qs, const float* err, int N, int K, int wdtype, int* n_exact);
+    // best[m] = np.argmax over n of x[m] . W[n,:] (the matmul, no bias, no flags) for M rows without reading every
+    // row exactly: q[N,K] int8 * qs[N] screens W (read once for all rows) within the bounds err[N,3] describe; q
+    // null: every row. scratch[M,N]; n_exact[m]: rows evaluated exactly for x[m] (head_argmax.cpp).
+    void (*matmul_argmax)(float* scratch, const float* x, const void* w, const float* wscale, const int8_t* q,
+                          const float* qs, const float* err, int M, int N, int K, int wdtype, int32_t* best,
+                          int32_t* n_exact);
     // out[M,C] = (inp - mean) / sqrt(var + eps) * w[C] + b[C]
     void (*layernorm)(float* out, const float* inp, const float* w, const float* b, int M, int C, float eps);
     // out[T,C] = causal softmax attention of qkv[T,3C] at positions pos0..pos0+T-1; writes k,v into

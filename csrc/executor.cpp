@@ -8,6 +8,7 @@
 #include <new>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 namespace tg {
 
@@ -115,26 +116,47 @@ struct CpuOps {
         if (na == 0) return;
         FloatBuf scratch = alloc_floats((size_t)na * V, false);
         const float* ha = h + (int64_t)nl * C;
-        if (na == 1) {  // one greedy row: the screen reads an int8 copy of the head and only the rows that can win
-            Sequence& seq = *items[argmax_item[0]].seq;
-            const Engine::HeadScreen* sc = e.bf16_activations ? nullptr : e.head_screen();
-            if (sc && seq.screen_rest > 0) seq.screen_rest--, sc = nullptr;
-            int ne = 0;
-            argmax[argmax_item[0]] = k.matmul_argmax(scratch.get(), ha, W.ptr, W.scale, sc ? sc->q : nullptr,
-                                                     sc ? sc->qs : nullptr, sc ? sc->err : nullptr, V, C,
-                                                     e.bf16_activations ? (int)BF16A : W.dtype, &ne);
-            n_exact[argmax_item[0]] = ne;
-            if (sc) seq.screened_steps++;
-            // a screen that kept over a quarter of the rows cost its own bytes on top of the whole head's: read the
-            // head directly for the next 15 steps, then try again (caps the loss at ~0.5%)
-            if (sc && ne == V) seq.screen_rest = 15;
-            return;
+        // Greedy rows of sequences whose screen pays are screened together (the int8 copy of the head read once for
+        // all of them, then only the rows that can win); the others share one GEMM over the whole head. A screen
+        // that kept over a quarter of the rows cost its own bytes on top of the whole head's: that sequence reads
+        // the head directly for the next 15 steps, then tries again (caps the loss at ~0.5%).
+        const Engine::HeadScreen* sc = e.bf16_activations ? nullptr : e.head_screen();
+        const int dt = e.bf16_activations ? (int)BF16A : W.dtype;
+        std::vector<int> order;  // argmax rows, screened ones first
+        int ns = 0;
+        for (int pass = 0; pass < 2; pass++)
+            for (int i = 0; i < na; i++) {
+                Sequence& seq = *items[argmax_item[i]].seq;
+                const bool screened = sc && seq.screen_rest == 0;
+                if (screened == (pass == 0)) order.push_back(i), ns += screened;
+            }
+        bool in_order = true;
+        for (int i = 0; i < na; i++) in_order = in_order && order[i] == i;
+        FloatBuf gathered = alloc_floats(in_order ? 0 : (size_t)na * C, false);
+        const float* xa = ha;
+        if (!in_order) {
+            for (int j = 0; j < na; j++)
+                std::memcpy(gathered.get() + (int64_t)j * C, ha + (int64_t)order[j] * C, C * sizeof(float));
+            xa = gathered.get();
         }
-        // several greedy rows: one GEMM reads the head once for all of them (a screen pass per row would read more)
-        matmul(scratch.get(), ha, W, nullptr, na, 0);
-        for (int i = 0; i < na; i++) {
-            argmax[argmax_item[i]] = first_argmax(scratch.get() + (int64_t)i * V, V);
-            n_exact[argmax_item[i]] = V;
+        std::vector<int32_t> best(na), ne(na);
+        if (ns)
+            k.matmul_argmax(scratch.get(), xa, W.ptr, W.scale, sc->q, sc->qs, sc->err, ns, V, C, dt, best.data(),
+                            ne.data());
+        if (na > ns)
+            k.matmul_argmax(scratch.get(), xa + (int64_t)ns * C, W.ptr, W.scale, nullptr, nullptr, nullptr, na - ns, V,
+                            C, dt, best.data() + ns, ne.data() + ns);
+        for (int j = 0; j < na; j++) {
+            const int item = argmax_item[order[j]];
+            Sequence& seq = *items[item].seq;
+            argmax[item] = best[j];
+            n_exact[item] = ne[j];
+            if (j < ns) {
+                seq.screened_steps++;
+                if (ne[j] == V) seq.screen_rest = 15;
+            } else if (sc && seq.screen_rest > 0) {
+                seq.screen_rest--;
+            }
         }
     }
 };

@@ -4,8 +4,8 @@
 namespace TG_ISA_NS {
 
 void matmul(float*, const float*, const void*, const float*, const float*, int, int, int, int, int);
-int matmul_argmax(float*, const float*, const void*, const float*, const int8_t*, const float*, const float*, int,
-                  int, int, int*);
+void matmul_argmax(float*, const float*, const void*, const float*, const int8_t*, const float*, const float*, int,
+                   int, int, int, int32_t*, int32_t*);
 void layernorm(float*, const float*, const float*, const float*, int, int, float);
 void attention(float*, const float*, float*, float*, int, int, int, int, int);
 void gelu(float*, const float*, int64_t);

@@ -177,8 +177,12 @@ PYBIND11_MODULE(_cpu, m) {
         if (w.ndim() != 2) throw std::invalid_argument("matmul_argmax w: expected [N, K], got " + shape_str(w));
         const py::ssize_t N = w.shape(0), K = w.shape(1);
         if (N < 1) throw std::invalid_argument("matmul_argmax: w has no rows");
-        if (x.size() != K) throw std::invalid_argument("matmul_argmax x: expected " + std::to_string(K) +
-                                                       " values, got " + std::to_string(x.size()));
+        // x: one row [K] (returns ints) or rows [M, K] (returns lists)
+        const bool rows = x.ndim() == 2;
+        if (!(x.ndim() == 1 || rows) || x.shape(x.ndim() - 1) != K || (rows && x.shape(0) < 1))
+            throw std::invalid_argument("matmul_argmax x: expected [" + std::to_string(K) + "] or [M, " +
+                                        std::to_string(K) + "], got " + shape_str(x));
+        const py::ssize_t M = rows ? x.shape(0) : 1;
         const int code = dtype_code(wdtype);
         const void* wp = weight_ptr(w, code, "matmul_argmax w");
         FArrIn keep, qsk, errk;
@@ -191,17 +195,20 @@ PYBIND11_MODULE(_cpu, m) {
             qsk = sa.qs_keep, errk = sa.err_keep;
         }
         const KernelTable& k = table_for(isa);
-        FloatBuf scratch((float*)std::malloc(sizeof(float) * N));
+        FloatBuf scratch((float*)std::malloc(sizeof(float) * N * M));
         if (!scratch) throw std::bad_alloc();
-        int n_exact = 0, best;
+        std::vector<int32_t> best(M), n_exact(M);
         {
             py::gil_scoped_release nogil;
-            best = k.matmul_argmax(scratch.get(), x.data(), wp, sp, qp, qsp, errp, (int)N, (int)K, code, &n_exact);
+            k.matmul_argmax(scratch.get(), x.data(), wp, sp, qp, qsp, errp, (int)M, (int)N, (int)K, code, best.data(),
+                            n_exact.data());
         }
-        return py::make_tuple(best, n_exact);
+        if (!rows) return py::tuple(py::make_tuple(best[0], n_exact[0]));
+        return py::tuple(py::make_tuple(py::cast(best), py::cast(n_exact)));
     }, py::arg("x"), py::arg("w"), py::arg("q") = py::none(), py::arg("qs") = py::none(), py::arg("err") = py::none(),
        py::arg("wdtype") = "float32", py::arg("isa") = "", py::arg("wscale") = py::none(),
-       "(np.argmax(x[K] @ w[N,K].T), rows evaluated exactly); q[N,K] int8 * qs[N] screens w (err[N,3]: head_screen)");
+       "(np.argmax(x[K] @ w[N,K].T), rows evaluated exactly), or lists of both for x[M, K]; q[N,K] int8 * qs[N] "
+       "screens w (err[N,3]: head_screen)");
 
     py::class_<PyEngine, std::shared_ptr<PyEngine>>(m, "Engine", py::module_local())
         .def(py::init([](py::dict cfg, py::dict weights, bool tied_head, bool bf16_activations) {

@@ -41,6 +41,29 @@ def test_matmul_argmax_is_gemv_argmax(kern, rng, N, K, wdtype):
         assert kern.matmul_argmax(x, w, wdtype=wdtype) == (want, N)  # no screen: every row
 
 
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("M", [2, 3, 8, 17])
+def test_matmul_argmax_rows(kern, rng, M, wdtype):
+    """M rows at once (one screening pass for all): each row's answer and exact-row count equal its single-row
+    call; rows the screen cannot decide (x = 0: too loose; a NaN) take the full pass beside screened ones."""
+    from tinygpt.backends.head_screen import build as head_screen
+    kern = _argmax_kern(kern)
+    N, K = 3001, 96
+    w, _ = make_weights(rng, (N, K), wdtype, 1 / math.sqrt(K))
+    q, qs, err = head_screen(w, wdtype)
+    x = (rng.standard_normal((M, K)) * 10 ** rng.uniform(-2, 2, (M, 1))).astype(np.float32)
+    x[1] = 0  # too loose to pay: every row
+    if M > 2:
+        x[2, 5] = np.nan
+    got, n_exact = kern.matmul_argmax(x, w, q, qs, err, wdtype=wdtype)
+    for m in range(M):
+        one = kern.matmul_argmax(x[m], w, q, qs, err, wdtype=wdtype)
+        assert (got[m], n_exact[m]) == one, m
+        assert one[0] == int(np.argmax(_gemv(kern, x[m], w, wdtype)))
+    assert n_exact[1] == N and n_exact[0] < N // 10
+    assert kern.matmul_argmax(x, w, wdtype=wdtype) == ([int(np.argmax(_gemv(kern, r, w, wdtype))) for r in x], [N] * M)
+
+
 @pytest.mark.parametrize("K", [203, 768])
 def test_matmul_argmax_near_ties_bitwise(kern, rng, K):
     """300 rows equal up to their last bits, among 1700 clearly lower ones: the 300 survive the screen and are
@@ -136,8 +159,10 @@ def test_matmul_argmax_rejects_bad_screens():
         _cpu.matmul_argmax(x, w, q, qs, err[:2])
     with pytest.raises(ValueError, match="all needed"):
         _cpu.matmul_argmax(x, w, q, qs)
-    with pytest.raises(ValueError, match="expected 4 values, got 3"):
+    with pytest.raises(ValueError, match=r"expected \[4\] or \[M, 4\], got \[3\]"):
         _cpu.matmul_argmax(x[:3], w, q, qs, err)
+    with pytest.raises(ValueError, match=r"got \[0, 4\]"):
+        _cpu.matmul_argmax(np.ones((0, 4), np.float32), w, q, qs, err)
     with pytest.raises(ValueError, match="nothing to screen"):
         _cpu.matmul_argmax(x, q, q, qs, err, wdtype="int8", wscale=qs)
 

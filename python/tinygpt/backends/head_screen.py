@@ -6,8 +6,9 @@ logit with a proven error bound (see `build`); only rows whose interval reaches 
 exactly, with the matmul's own per-row arithmetic (csrc/head_argmax.cpp), so the token is bit for bit np.argmax of
 the full logits (the first maximum; NaN or inf anywhere makes it read every row). A step whose screen keeps over a
 quarter of the rows reads the whole head, and that sequence skips the screen for the next 15 steps.
-It serves a batch's greedy row only when it is the batch's one greedy row: several greedy rows share one GEMM
-over the whole head, which reads it once for all of them (a screen pass per row would read more).
+A batch's greedy rows are screened together: one int8 matmul over the copy serves all of them (read once), then
+each row's survivors are computed exactly; rows the screen cannot decide (and sequences in their 15-step pause)
+share one GEMM over the whole head.
 
 Policy, TINYGPT_GREEDY_SCREEN (or screen_head=): auto (default: float32 heads only; for a 16-bit head the copy is
 +15% of the model's memory for ~15% less traffic per step) | 1 (16-bit heads too) | 0 (off). int8 heads are never

@@ -21,11 +21,13 @@
 
 namespace TG_ISA_NS {
 
+#define TG_INLINE static inline __attribute__((always_inline))
+
 // Lane s of the result = the sum of the VW lanes of a[s], by the same tree for every s (lanes l and l + VW/2
 // first, then l and l + VW/4, ...): VW horizontal sums for the price of about one.
 #if defined(TG_AVX512)
 constexpr int QT = 4, PQ = 4, PI = 4, QB = 16;
-static inline V reduce_many(const V* a) {
+TG_INLINE V reduce_many(const V* a) {
     // The network leaves input slot 4e+r in lane 4r+e, so slot x is fed a[4 (x % 4) + x / 4].
     auto in = [a](int x) { return a[4 * (x % 4) + x / 4]; };
     V c[8], e[4], g[2];
@@ -43,9 +45,17 @@ static inline V reduce_many(const V* a) {
     }
     return vadd(_mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
+// Row qi < n of a QT x KT score tile (lanes qi * KT ..) to s + qi * ld, straight from the register: a round trip
+// through memory would cost a store-forwarding stall per row.
+TG_INLINE void store_tile(float* s, int64_t ld, int n, V r) {
+    _mm_storeu_ps(s, _mm512_extractf32x4_ps(r, 0));
+    if (n > 1) _mm_storeu_ps(s + ld, _mm512_extractf32x4_ps(r, 1));
+    if (n > 2) _mm_storeu_ps(s + 2 * ld, _mm512_extractf32x4_ps(r, 2));
+    if (n > 3) _mm_storeu_ps(s + 3 * ld, _mm512_extractf32x4_ps(r, 3));
+}
 #elif defined(TG_AVX2)
 constexpr int QT = 4, PQ = 2, PI = 4, QB = 8;  // 16 registers: 8 accumulators per tile
-static inline V reduce_many(const V* a) {
+TG_INLINE V reduce_many(const V* a) {
     // The network leaves input slot 2k+h in lane 4h+k, so slot x is fed a[4 (x % 2) + x / 2].
     auto in = [a](int x) { return a[4 * (x % 2) + x / 2]; };
     V c[4], e[2];
@@ -59,15 +69,30 @@ static inline V reduce_many(const V* a) {
     }
     return vadd(_mm256_shuffle_ps(e[0], e[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
+TG_INLINE void store_tile(float* s, int64_t ld, int n, V r) {
+    const __m128 lo = _mm256_castps256_ps128(r), hi = _mm256_extractf128_ps(r, 1);
+    _mm_storel_pi((__m64*)s, lo);
+    if (n > 1) _mm_storeh_pi((__m64*)(s + ld), lo);
+    if (n > 2) _mm_storel_pi((__m64*)(s + 2 * ld), hi);
+    if (n > 3) _mm_storeh_pi((__m64*)(s + 3 * ld), hi);
+}
 #else
 constexpr int QT = 2, PQ = 2, PI = 2, QB = 8;
-static inline V reduce_many(const V* a) {
-    V r;
-    for (int s = 0; s < 4; s++) r.x[s] = (a[s].x[0] + a[s].x[2]) + (a[s].x[1] + a[s].x[3]);
+TG_INLINE V reduce_many(const V* a) {  // written as two 4-wide adds, which compilers map to shuffles + addps
+    V c0, c1, r;
+    for (int l = 0; l < 4; l++) {
+        c0.x[l] = a[l / 2].x[l % 2] + a[l / 2].x[l % 2 + 2];
+        c1.x[l] = a[2 + l / 2].x[l % 2] + a[2 + l / 2].x[l % 2 + 2];
+    }
+    for (int l = 0; l < 2; l++) r.x[l] = c0.x[2 * l] + c0.x[2 * l + 1], r.x[2 + l] = c1.x[2 * l] + c1.x[2 * l + 1];
     return r;
+}
+TG_INLINE void store_tile(float* s, int64_t ld, int n, V r) {
+    for (int qi = 0; qi < n; qi++) s[qi * ld] = r.x[2 * qi], s[qi * ld + 1] = r.x[2 * qi + 1];
 }
 #endif
 constexpr int KT = VW / QT;
+constexpr int PF_ROWS = 8;  // how far ahead a decode step prefetches value rows (measured: 8 to 32 alike)
 
 // a * b + c for the hd % VW tail elements. Spelled out because GCC contracts a * b + c into an FMA or not
 // depending on how a loop was vectorized, and the tails must round the same way in every caller.
@@ -82,26 +107,40 @@ static inline float sfma(float a, float b, float c) {
 }
 static_assert(QB % QT == 0 && QB % PQ == 0, "a query block is whole tiles");
 
-// s[qi * KN + kj] = score of query q[qi] against key k[kj], for QN queries and KN = VW / QN keys.
-// NV: hd / VW when known at compile time, else 0.
+// Lane qi * KN + kj of the result = score of query row qi (q + qi * hd) against key row kj (k + kj * hd), for QN
+// queries and KN = VW / QN keys. NV: hd / VW when known at compile time, else 0.
 template <int QN, int NV>
-static inline void scores_tile(float* s, const float* const* q, const float* const* k, int hd) {
+TG_INLINE V scores_tile(const float* q, const float* k, int hd) {
     constexpr int KN = VW / QN;
     const int nv = NV ? NV : hd / VW;
+    const int64_t ld = NV ? NV * VW : hd;
     V acc[VW];
     for (int x = 0; x < VW; x++) acc[x] = vzero();
     for (int i = 0; i < nv; i++) {
         V kv[KN];
-        for (int kj = 0; kj < KN; kj++) kv[kj] = vload(k[kj] + i * VW);
+        for (int kj = 0; kj < KN; kj++) kv[kj] = vload(k + kj * ld + i * VW);
         for (int qi = 0; qi < QN; qi++) {
-            const V qv = vload(q[qi] + i * VW);
+            const V qv = vload(q + qi * ld + i * VW);
             for (int kj = 0; kj < KN; kj++) acc[qi * KN + kj] = vfma(qv, kv[kj], acc[qi * KN + kj]);
         }
     }
-    vstore(s, reduce_many(acc));
-    for (int d = nv * VW; d < hd; d++)
-        for (int qi = 0; qi < QN; qi++)
-            for (int kj = 0; kj < KN; kj++) s[qi * KN + kj] = sfma(q[qi][d], k[kj][d], s[qi * KN + kj]);
+    V r = reduce_many(acc);
+    if (nv * VW < hd) {
+        alignas(64) float s[VW];
+        vstore(s, r);
+        for (int d = nv * VW; d < hd; d++)
+            for (int qi = 0; qi < QN; qi++)
+                for (int kj = 0; kj < KN; kj++) s[qi * KN + kj] = sfma(q[qi * ld + d], k[kj * ld + d], s[qi * KN + kj]);
+        r = vload(s);
+    }
+    return r;
+}
+
+// Rows [j0, end) of K, then zero rows up to n: a tile's keys past the last one, scored and never used.
+static const float* pad_rows(float* buf, const float* K, int j0, int end, int n, int hd) {
+    std::memcpy(buf, K + (int64_t)j0 * hd, sizeof(float) * (size_t)(end - j0) * hd);
+    std::memset(buf + (size_t)(end - j0) * hd, 0, sizeof(float) * (size_t)(n - (end - j0)) * hd);
+    return buf;
 }
 
 // Softmax of the scaled scores sc[0..L), in place, left unnormalized; returns 1 / sum of the exponentials.
@@ -118,12 +157,11 @@ static float softmax_inplace(float* sc, int L) {
         vsum_ = vadd(vsum_, e);
     }
     float sum = vsum(vsum_);
-    for (int i = Lv; i < L; i++) {
-        float ev;
-        V e = vexp(vset1(sc[i] - mx));
-        std::memcpy(&ev, &e, sizeof(float));
-        sc[i] = ev;
-        sum += ev;
+    if (Lv < L) {  // the tail's exponentials in one vector (lane-wise, so the same bits), summed in order
+        alignas(64) float t[VW] = {};
+        std::memcpy(t, sc + Lv, sizeof(float) * (L - Lv));
+        vstore(t, vexp(vsub(vload(t), vmv)));
+        for (int i = Lv; i < L; i++) sc[i] = t[i - Lv], sum += t[i - Lv];
     }
     return 1.0f / sum;
 }
@@ -132,7 +170,9 @@ static float softmax_inplace(float* sc, int L) {
 // for all QN; each query then finishes its own keys, continuing the same chains.
 template <int QN, int NV>
 static void pv_tile(float* const* o, const float* const* p, const int* L, const float* inv, const float* Vc, int hd) {
-    constexpr int NI = PI * PQ / QN;  // vectors of a row per pass: QN * NI accumulators
+    // vectors of a row per pass (QN * NI accumulators); one query (decode) takes a whole row at once, as every
+    // extra pass would read all of V again
+    constexpr int NI = QN == 1 ? 16 : PI * PQ / QN;
     const int nv = NV ? NV : hd / VW;
     int Lmin = L[0];
     for (int qi = 1; qi < QN; qi++) Lmin = imin(Lmin, L[qi]);
@@ -143,6 +183,8 @@ static void pv_tile(float* const* o, const float* const* p, const int* L, const 
             for (int ii = 0; ii < NI; ii++) acc[qi][ii] = vzero();
         for (int j = 0; j < Lmin; j++) {
             const float* vr = Vc + (int64_t)j * hd + i0 * VW;
+            if (QN == 1 && j + PF_ROWS < Lmin)  // decode: one query per value row, so its lines are asked for ahead
+                for (int b = 0; b < hd; b += 64 / (int)sizeof(float)) __builtin_prefetch(vr + PF_ROWS * hd + b);
             V pv[QN];
             for (int qi = 0; qi < QN; qi++) pv[qi] = vset1(p[qi][j]);
             for (int ii = 0; ii < NI; ii++) {
@@ -172,35 +214,35 @@ static void pv_tile(float* const* o, const float* const* p, const int* L, const 
         }
 }
 
-// One query (q already scaled) against keys 0..L-1. sc: L + VW floats.
+// One query (q already scaled) against keys 0..L-1. sc: L + VW floats; kbuf: VW * hd.
 template <int NV>
-static void attend_one(float* o, const float* q, const float* K, const float* Vc, int L, int hd, float* sc) {
-    for (int j0 = 0; j0 < L; j0 += VW) {
-        const float* k[VW];
-        for (int kj = 0; kj < VW; kj++) k[kj] = K + (int64_t)imin(j0 + kj, L - 1) * hd;  // past L: scored, unused
-        scores_tile<1, NV>(sc + j0, &q, k, hd);
+static void attend_one(float* o, const float* q, const float* K, const float* Vc, int L, int hd, float* sc,
+                       float* kbuf) {
+    // Whole tiles from the first and the second half in turn: two streams read the cache faster than one.
+    const int nfull = L / VW, half = nfull / 2 * VW;
+    for (int j0 = 0; j0 < half; j0 += VW) {
+        vstore(sc + j0, scores_tile<1, NV>(q, K + (int64_t)j0 * hd, hd));
+        vstore(sc + half + j0, scores_tile<1, NV>(q, K + (int64_t)(half + j0) * hd, hd));
     }
+    int j0 = 2 * half;
+    for (; j0 + VW <= L; j0 += VW) vstore(sc + j0, scores_tile<1, NV>(q, K + (int64_t)j0 * hd, hd));
+    if (j0 < L) vstore(sc + j0, scores_tile<1, NV>(q, pad_rows(kbuf, K, j0, L, VW, hd), hd));
     const float inv = softmax_inplace(sc, L);
     const float* p = sc;
     pv_tile<1, NV>(&o, &p, &L, &inv, Vc, hd);
 }
 
-// nq <= QB consecutive queries (q rows already scaled, stride hd) at key counts L0, L0 + 1, ...; sc: QB rows of ld.
+// nq <= QB consecutive queries (q rows already scaled, stride hd, zero rows after nq up to a whole tile) at key
+// counts L0, L0 + 1, ...; sc: QB rows of ld; kbuf: KT * hd.
 template <int NV>
 static void attend_block(float* o, int o_stride, const float* q, const float* K, const float* Vc, int nq, int L0,
-                         int hd, float* sc, int ld) {
+                         int hd, float* sc, int ld, float* kbuf) {
     const int Lmax = L0 + nq - 1;
-    alignas(64) float tile[VW];
     for (int j0 = 0; j0 < Lmax; j0 += KT) {  // key tile outer: its KT rows stay in L1 for every query tile
-        const float* k[KT];
-        for (int kj = 0; kj < KT; kj++) k[kj] = K + (int64_t)imin(j0 + kj, Lmax - 1) * hd;
+        const float* k = j0 + KT <= Lmax ? K + (int64_t)j0 * hd : pad_rows(kbuf, K, j0, Lmax, KT, hd);
         for (int r0 = 0; r0 < nq; r0 += QT) {
             if (j0 >= L0 + imin(r0 + QT, nq) - 1) continue;  // every key this tile needs is done
-            const float* qr[QT];
-            for (int qi = 0; qi < QT; qi++) qr[qi] = q + (int64_t)imin(r0 + qi, nq - 1) * hd;
-            scores_tile<QT, NV>(tile, qr, k, hd);
-            for (int qi = 0; qi < QT && r0 + qi < nq; qi++)
-                std::memcpy(sc + (int64_t)(r0 + qi) * ld + j0, tile + qi * KT, KT * sizeof(float));
+            store_tile(sc + (int64_t)r0 * ld + j0, ld, imin(QT, nq - r0), scores_tile<QT, NV>(q + (int64_t)r0 * hd, k, hd));
         }
     }
     float inv[QB];
@@ -231,7 +273,8 @@ static void attention_t(float* out, const float* qkv, const float* k_cache, cons
     const int nb = single ? T : (T + QB - 1) / QB;  // query blocks per head
     const int rows = single ? 1 : QB;
     const int ld = L_max + VW;
-    const size_t per_thread = (size_t)rows * hd + (size_t)rows * ld + VW;  // scaled q rows + score rows
+    // scaled q rows, score rows, a padded key tile
+    const size_t per_thread = (size_t)rows * hd + (size_t)rows * ld + (size_t)VW * hd + VW;
     float* scratch = (float*)std::malloc(per_thread * nt * sizeof(float));
     if (!scratch) throw std::bad_alloc();
     const int tasks = H * nb;
@@ -239,6 +282,7 @@ static void attention_t(float* out, const float* qkv, const float* k_cache, cons
     {
         float* qs = scratch + per_thread * omp_get_thread_num();
         float* sc = qs + (size_t)rows * hd;
+        float* kbuf = sc + (size_t)rows * ld;
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < tasks; task++) {
             const int h = task % H, b = nb - 1 - task / H;  // the longest blocks first
@@ -249,11 +293,13 @@ static void attention_t(float* out, const float* qkv, const float* k_cache, cons
                 const float* q = qkv + (int64_t)(t0 + r) * 3 * C + h * hd;
                 for (int d = 0; d < hd; d++) qs[r * hd + d] = q[d] * scale;
             }
+            const int nq_tiles = (nq + QT - 1) / QT * QT;
+            if (!single) std::memset(qs + (size_t)nq * hd, 0, sizeof(float) * (size_t)(nq_tiles - nq) * hd);
             float* o = out + (int64_t)t0 * C + h * hd;
             if (single)
-                attend_one<NV>(o, qs, K, Vc, pos0 + t0 + 1, hd, sc);
+                attend_one<NV>(o, qs, K, Vc, pos0 + t0 + 1, hd, sc, kbuf);
             else
-                attend_block<NV>(o, C, qs, K, Vc, nq, pos0 + t0 + 1, hd, sc, ld);
+                attend_block<NV>(o, C, qs, K, Vc, nq, pos0 + t0 + 1, hd, sc, ld, kbuf);
         }
     }
     std::free(scratch);
@@ -267,7 +313,8 @@ void attention(float* out /*[T,C]*/, const float* qkv /*[T,3C]*/, float* k_cache
         for (int h = 0; h < H; h++) {
             float* kd = k_cache + ((int64_t)h * n_ctx + pos0 + t) * hd;
             float* vd = v_cache + ((int64_t)h * n_ctx + pos0 + t) * hd;
-            for (int i = 0; i < hd; i++) kd[i] = row[C + h * hd + i], vd[i] = row[2 * C + h * hd + i];
+            std::memcpy(kd, row + C + h * hd, sizeof(float) * hd);
+            std::memcpy(vd, row + 2 * C + h * hd, sizeof(float) * hd);
         }
     }
     if (hd == 64)

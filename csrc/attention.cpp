@@ -116,6 +116,7 @@ TG_INLINE V scores_tile(const float* q, const float* k, int hd) {
     const int64_t ld = NV ? NV * VW : hd;
     V acc[VW];
     for (int x = 0; x < VW; x++) acc[x] = vzero();
+#pragma GCC unroll 16  // whole: with the loop rolled, the portable level keeps its 4-float structs in memory
     for (int i = 0; i < nv; i++) {
         V kv[KN];
         for (int kj = 0; kj < KN; kj++) kv[kj] = vload(k + kj * ld + i * VW);
@@ -187,6 +188,7 @@ static void pv_tile(float* const* o, const float* const* p, const int* L, const 
                 for (int b = 0; b < hd; b += 64 / (int)sizeof(float)) __builtin_prefetch(vr + PF_ROWS * hd + b);
             V pv[QN];
             for (int qi = 0; qi < QN; qi++) pv[qi] = vset1(p[qi][j]);
+#pragma GCC unroll 16
             for (int ii = 0; ii < NI; ii++) {
                 if (ii >= ni) break;
                 const V v = vload(vr + ii * VW);

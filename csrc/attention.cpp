@@ -26,6 +26,11 @@ namespace TG_ISA_NS {
 // Lane s of the result = the sum of the VW lanes of a[s], by the same tree for every s (lanes l and l + VW/2
 // first, then l and l + VW/4, ...): VW horizontal sums for the price of about one.
 #if defined(TG_AVX512)
+#if defined(TG_SIMDE_AVX512)  // SIMDe 0.7 has this one only under its own name (no native alias)
+#define TG_SHUFFLE_F32X4 simde_mm512_shuffle_f32x4
+#else
+#define TG_SHUFFLE_F32X4 _mm512_shuffle_f32x4
+#endif
 constexpr int QT = 4, PQ = 4, PI = 4, QB = 16;
 TG_INLINE V reduce_many(const V* a) {
     // The network leaves input slot 4e+r in lane 4r+e, so slot x is fed a[4 (x % 4) + x / 4].
@@ -33,11 +38,11 @@ TG_INLINE V reduce_many(const V* a) {
     V c[8], e[4], g[2];
     for (int m = 0; m < 8; m++) {
         const V A = in(2 * m), B = in(2 * m + 1);
-        c[m] = vadd(_mm512_shuffle_f32x4(A, B, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(A, B, _MM_SHUFFLE(3, 2, 3, 2)));
+        c[m] = vadd(TG_SHUFFLE_F32X4(A, B, _MM_SHUFFLE(1, 0, 1, 0)), TG_SHUFFLE_F32X4(A, B, _MM_SHUFFLE(3, 2, 3, 2)));
     }
     for (int n = 0; n < 4; n++) {
         const V C = c[2 * n], D = c[2 * n + 1];
-        e[n] = vadd(_mm512_shuffle_f32x4(C, D, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(C, D, _MM_SHUFFLE(3, 1, 3, 1)));
+        e[n] = vadd(TG_SHUFFLE_F32X4(C, D, _MM_SHUFFLE(2, 0, 2, 0)), TG_SHUFFLE_F32X4(C, D, _MM_SHUFFLE(3, 1, 3, 1)));
     }
     for (int u = 0; u < 2; u++) {
         const V E = e[2 * u], F = e[2 * u + 1];

@@ -10,8 +10,9 @@
 //  - softmax_inplace over scores 0..L-1;
 //  - output element d: one chain fma(p_j, v_j[d]) over j = 0..L-1 from +0, times 1 / sum of the exponentials.
 // The two paths only group that work differently: decode scores VW keys of one query per reduce_many; prefill
-// scores a QT x KT tile (QT queries x KT keys, QT * KT = VW) per reduce_many and accumulates P.V for PQ queries
-// at once, so every key and value row loaded serves several queries.
+// (AVX2 and AVX-512; the portable level runs every query as decode does) takes a head's queries in blocks of QB,
+// scores QT x KT tiles (QT queries x KT keys, QT * KT = VW) per reduce_many and accumulates P.V for PQ queries
+// at once, so every key and value row loaded serves several queries. Threads take (head, block) tasks.
 #include "omp_compat.h"
 
 #include <cstdlib>

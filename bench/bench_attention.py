@@ -1,8 +1,12 @@
-"""attention at GPT-2 124M shapes (12 heads x 64): prefill T=64/512 (GFLOP/s) and single-token decode
-over a cache of Tk = 128..1024 (GB/s of KV read)."""
+"""attention at GPT-2 124M shapes (12 heads x 64): prefill T=64/512/1024 (GFLOP/s, and the fraction of this
+host's fp32 GEMM peak measured once in the same run: bench_batch.gemm_peak, NumPy sgemm in a subprocess) and
+single-token decode over a cache of Tk = 128..1024 (GB/s of KV read)."""
+import functools
+
 import numpy as np
 import pytest
 
+from bench_batch import gemm_peak
 from conftest import CUDA_TIMING, backend_params, cuda_call, median_s, run_pedantic
 from tinygpt.ref.attention import attention as np_attention
 
@@ -30,7 +34,12 @@ def timed_call(benchmark, impl, out, qkv, kc, vc, pos0):
                      scratch)[0]
 
 
-@pytest.mark.parametrize("T", [64, 512])
+@functools.lru_cache(maxsize=None)
+def _peak() -> dict:
+    return gemm_peak()
+
+
+@pytest.mark.parametrize("T", [64, 512, 1024])
 @pytest.mark.parametrize("impl", backend_params())
 def bench_attention_prefill(benchmark, impl, T):
     rng = np.random.default_rng(0)
@@ -39,7 +48,13 @@ def bench_attention_prefill(benchmark, impl, T):
     out = np.empty((T, C), np.float32)
     run_pedantic(benchmark, timed_call(benchmark, impl, out, qkv, kc, vc, 0))
     flops = 2 * 2 * H * HD * T * (T + 1) / 2  # q.k and p.v over the causal half
-    benchmark.extra_info.update(kernel="attention", mode="prefill", T=T, gflop_s=round(flops / median_s(benchmark) / 1e9, 1))
+    gflop_s = flops / median_s(benchmark) / 1e9
+    benchmark.extra_info.update(kernel="attention", mode="prefill", T=T, gflop_s=round(gflop_s, 1))
+    if impl != "cuda":  # the host's peak says nothing about a GPU kernel
+        peak = _peak()
+        benchmark.extra_info.update(gemm_peak_gflop_s=round(peak["gflop_s"], 1) if "gflop_s" in peak else None,
+                                    fraction_of_gemm_peak=round(gflop_s / peak["gflop_s"], 3) if "gflop_s" in peak
+                                    else peak.get("error"))
 
 
 @pytest.mark.parametrize("Tk", [128, 512, 1024])

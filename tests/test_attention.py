@@ -53,3 +53,40 @@ def test_prefill_equals_decode(kern, rng):
         kern.attention(o, qkv[t:t + 1].copy(), caches[2], caches[3], t, H)
         step[t] = o[0]
     np.testing.assert_allclose(step, full, rtol=0, atol=1e-5)
+
+
+def _chunked(kern, qkv, H, hd, n_ctx, sizes):
+    """Runs qkv through kern.attention in chunks of the given sizes; returns (out, k_cache, v_cache)."""
+    T, C = qkv.shape[0], H * hd
+    kc, vc = np.zeros((H, n_ctx, hd), np.float32), np.zeros((H, n_ctx, hd), np.float32)
+    out = np.full((T, C), np.nan, np.float32)
+    t = 0
+    for n in sizes:
+        o = np.full((n, C), np.nan, np.float32)
+        kern.attention(o, qkv[t:t + n].copy(), kc, vc, t, H)
+        out[t:t + n] = o
+        t += n
+    assert t == T
+    return out, kc, vc
+
+
+@pytest.mark.parametrize("T,H,hd", [(37, 3, 64), (150, 2, 64), (23, 2, 7), (29, 3, 20), (19, 1, 128), (6, 1, 1),
+                                    (41, 2, 33)])
+def test_query_output_bitwise_independent_of_grouping(kern, rng, T, H, hd):
+    """The project's exactness invariant (a query's output is the same bits alone in a decode step or inside a
+    prefill of any length or chunking), checked on odd sizes: whole prefill, random chunks (sizes that take both
+    the per-query and the query-block paths, at unaligned offsets), and token-by-token decode."""
+    if not kern.name.startswith("cpu"):
+        pytest.skip("bitwise grouping invariance is the cpu backend's guarantee")
+    C, n_ctx = H * hd, T + 5
+    qkv = (rng.standard_normal((T, 3 * C)) * 2).astype(np.float32)
+    whole = _chunked(kern, qkv, H, hd, n_ctx, [T])
+    cuts = []
+    while sum(cuts) < T:
+        cuts.append(int(min(rng.integers(1, max(3, T // 2)), T - sum(cuts))))
+    assert len(cuts) > 1
+    for sizes in (cuts, [1] * T):
+        got = _chunked(kern, qkv, H, hd, n_ctx, sizes)
+        for g, w in zip(got, whole):
+            assert np.array_equal(g.view(np.uint32), w.view(np.uint32)), f"chunks {sizes}"
+    assert rel_err(whole[0], reference(qkv, np.zeros((H, 0, hd)), np.zeros((H, 0, hd)), 0, H)) <= TOL["attention"]

@@ -1,6 +1,7 @@
 // Standalone check of the active CPU kernel table against naive float64 loops, without Python: used by
 // tools/cross_check.sh to build the portable path for a non-x86 target (aarch64) and run it under qemu-user.
 // The pytest suite stays the main kernel test; this covers the builds that pytest cannot reach here.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -184,6 +185,30 @@ void check_attention(const tg::KernelTable& k) {
             }
 }
 
+// The cpu backend's guarantee: a query's output has the same bits in a prefill of any chunking as in decode steps.
+void check_attention_chunking(const tg::KernelTable& k) {
+    for (int hd : {7, 20, 64}) {
+        const int H = 2, C = H * hd, T = 23, n_ctx = 24;
+        const std::vector<float> qkv = randn((size_t)T * 3 * C, 2.f);
+        std::vector<float> ref;
+        for (int chunk : {T, 1, 5}) {
+            std::vector<float> kc((size_t)H * n_ctx * hd), vc(kc.size()), out((size_t)T * C);
+            for (int t = 0; t < T; t += chunk) {
+                const int n = std::min(chunk, T - t);
+                k.attention(out.data() + (size_t)t * C, qkv.data() + (size_t)t * 3 * C, kc.data(), vc.data(), n, t, H,
+                            hd, n_ctx);
+            }
+            g_checks++;
+            if (ref.empty()) {
+                ref = out;
+            } else if (std::memcmp(ref.data(), out.data(), ref.size() * sizeof(float)) != 0) {
+                g_failures++;
+                std::printf("FAIL attention hd%d: chunks of %d differ from one prefill\n", hd, chunk);
+            }
+        }
+    }
+}
+
 void check_embedding(const tg::KernelTable& k) {
     const int V = 11, C = 19, n_ctx = 8, T = 3, pos0 = 2;
     const int32_t tokens[T] = {0, 10, 4};
@@ -203,6 +228,7 @@ int main() {
     check_matmul(k);
     check_layernorm_gelu(k);
     check_attention(k);
+    check_attention_chunking(k);
     check_embedding(k);
     std::printf("%d checks, %d failed\n", g_checks, g_failures);
     return g_failures ? 1 : 0;

@@ -173,8 +173,8 @@ def numpy_blas_s(T, N, K, threads, reps=7):
 def bench_prefill_gemm_vs_blas(benchmark, shape, T):
     """tinygpt cpu fp32 GEMM against the host's BLAS on the same shape and thread count: NumPy's OpenBLAS with
     OPENBLAS_* unset (in a subprocess, best of 7, before and after) and torch.matmul (alternated in rounds with
-    tinygpt). fraction_of_blas = the best BLAS time / tinygpt's best time (the issue's "GEMM path at >= 85% of the
-    fp32 GEMM peak measured in the same run"). bf16a_gflop_s: tinygpt's bf16-activation path (vdpbf16ps where the
+    tinygpt). fraction_of_gemm_peak = the best BLAS time / tinygpt's best time (the issue's "GEMM path at >= 85% of the
+    fp32 GEMM peak measured in the same run"; report.py's "% of same-run GEMM peak"). bf16a_gflop_s: tinygpt's bf16-activation path (vdpbf16ps where the
     CPU has it) in the same rounds, for reference against the fp32 peak."""
     pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
     from tinygpt import _cpu
@@ -210,6 +210,7 @@ def bench_prefill_gemm_vs_blas(benchmark, shape, T):
         best["numpy"] = min(nps)
     ref = min(v for k, v in best.items() if k in ("numpy", "torch"))
     flop = 2 * T * N * K
+    gf = {k: round(flop / v / 1e9, 1) for k, v in best.items()}
     benchmark.extra_info.update(kernel="matmul", mode="prefill vs blas", T=T, N=N, K=K, threads=threads, blas=blas,
-                                gflop_s={k: round(flop / v / 1e9, 1) for k, v in best.items()},
-                                fraction_of_blas=round(ref / best["tinygpt"], 3))
+                                gflop_s=gf.pop("tinygpt"), bf16a_gflop_s=gf.pop("bf16a"), blas_gflop_s=gf,
+                                fraction_of_gemm_peak=round(ref / best["tinygpt"], 3))

@@ -173,9 +173,9 @@ def numpy_blas_s(T, N, K, threads, reps=7):
 def bench_prefill_gemm_vs_blas(benchmark, shape, T):
     """tinygpt cpu fp32 GEMM against the host's BLAS on the same shape and thread count: NumPy's OpenBLAS with
     OPENBLAS_* unset (in a subprocess, best of 7, before and after) and torch.matmul (alternated in rounds with
-    tinygpt). fraction_of_gemm_peak = the best BLAS time / tinygpt's best time (the issue's "GEMM path at >= 85% of the
-    fp32 GEMM peak measured in the same run"; report.py's "% of same-run GEMM peak"). bf16a_gflop_s: tinygpt's bf16-activation path (vdpbf16ps where the
-    CPU has it) in the same rounds, for reference against the fp32 peak."""
+    tinygpt). fraction_of_gemm_peak = the best BLAS time / tinygpt's best time (the issue's "GEMM path at >= 85%
+    of the fp32 GEMM peak measured in the same run"). bf16a_gflop_s: tinygpt's bf16-activation path (vdpbf16ps
+    where the CPU has it) in the same rounds, for reference against the fp32 peak."""
     pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
     from tinygpt import _cpu
     threads = _cpu.get_num_threads()

@@ -14,7 +14,8 @@ SHAPES = {"qkv": (3 * C, C), "fc": (4 * C, C), "proj": (C, 4 * C), "lm_head": (5
 
 def make(rng, N, K, wdtype):
     """(weights, row scales or None) in the stored dtype ("bfloat16a": bf16 weights, activations rounded to bf16)."""
-    return dtypes.get("bfloat16" if wdtype == "bfloat16a" else wdtype).to_stored(rng.standard_normal((N, K), np.float32))
+    stored = "bfloat16" if wdtype == "bfloat16a" else wdtype
+    return dtypes.get(stored).to_stored(rng.standard_normal((N, K), np.float32))
 
 
 def call(impl, out, x, w, wdtype):

@@ -3,8 +3,8 @@ host hit every runner alike; medians per runner and same-run ratios go to extra_
 
 bench_score_forward: one forward over 1024 tokens returning every position's logits (what perplexity runs):
 tinygpt cpu float32 / bfloat16 / bfloat16 with bf16 activations (`Model.logits`; the last rounds matmul inputs to
-bf16 as transformers' bfloat16 does, and uses vdpbf16ps on AVX512_BF16 CPUs), `Model.score` (the same forward + float64 log-softmax, ranks),
-transformers float32 / bfloat16 (`model(ids).logits`), llama.cpp F32 / F16 through llama-cpp-python
+bf16 as transformers' bfloat16 does, and uses vdpbf16ps on AVX512_BF16 CPUs), `Model.score` (the same forward +
+float64 log-softmax, ranks), transformers float32 / bfloat16 (`model(ids).logits`), llama.cpp F32 / F16 through llama-cpp-python
 (`logits_all=True`), each peer when installed.
 
 bench_perplexity: strided perplexity (context 1024, stride 512) of TINYGPT_BENCH_PPL_TOKENS random token ids

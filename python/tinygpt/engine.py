@@ -114,6 +114,8 @@ class AsyncEngine:
             d = dict(self._stats)
             d["queue_depth"] = len(self._waiting)
             d["running"] = sum(1 for s in self._sched.running())
+            # KV caches the scheduler still holds, finished sequences of groups not yet dropped included: 0 when idle
+            d["kv_caches"] = sum(1 for g in self._sched.groups for s in g if s.seq is not None)
             d["requests_active"] = len(self._active)
             d["closed"] = self._closed
         return d
@@ -176,52 +178,58 @@ class AsyncEngine:
                 req.put((kind, payload))
 
     def _loop(self) -> None:
-        while True:
+        while self._iterate():
+            pass
+
+    def _iterate(self) -> bool:
+        """Wait for work, admit waiting requests, run one step; False once stopped. A method of its own so that its
+        locals (the last step's states and requests) go when it returns: an idle engine must hold no KV cache."""
+        with self._cv:
+            while not self._stop and not self._waiting and not self._active:
+                self._cv.wait()
+            for req in [r for r in list(self._active) + list(self._waiting) if r.cancelled]:
+                self._retire(req, "cancelled")
+            if self._stop:
+                for req in list(self._active) + list(self._waiting):
+                    req.cancelled = True
+                    self._retire(req, "error", EngineClosedError("the engine stopped"))
+                return False
+            running = sum(len(r.states) for r in self._active)
+            while self._waiting and (not self._active or running + len(self._waiting[0].states) <= self.max_batch):
+                req = self._waiting.popleft()
+                try:
+                    self._sched.add(req.states)
+                except Exception as e:  # e.g. no memory for a KV cache: this request fails, the rest go on
+                    req.finished = True
+                    req.put(("error", e))
+                    continue
+                self._active.append(req)
+                self._stats["prompt_tokens"] += len(req.states[0].feed)
+                running += len(req.states)
+            owner = {id(s): r for r in self._active for s in r.states}
+        if not owner:
+            return True
+        t0 = time.perf_counter()
+        try:
+            n_run = len(self._sched.running())
+            events = self._sched.step()
+        except Exception as e:  # a failed step fails the requests in it, never the engine
             with self._cv:
-                while not self._stop and not self._waiting and not self._active:
-                    self._cv.wait()
-                for req in [r for r in list(self._active) + list(self._waiting) if r.cancelled]:
-                    self._retire(req, "cancelled")
-                if self._stop:
-                    for req in list(self._active) + list(self._waiting):
-                        req.cancelled = True
-                        self._retire(req, "error", EngineClosedError("the engine stopped"))
-                    return
-                running = sum(len(r.states) for r in self._active)
-                while self._waiting and (not self._active or running + len(self._waiting[0].states) <= self.max_batch):
-                    req = self._waiting.popleft()
-                    try:
-                        self._sched.add(req.states)
-                    except Exception as e:  # e.g. no memory for a KV cache: this request fails, the rest go on
-                        req.finished = True
-                        req.put(("error", e))
-                        continue
-                    self._active.append(req)
-                    self._stats["prompt_tokens"] += len(req.states[0].feed)
-                    running += len(req.states)
-                owner = {id(s): r for r in self._active for s in r.states}
-            if not owner:
-                continue
-            t0 = time.perf_counter()
-            try:
-                n_run = len(self._sched.running())
-                events = self._sched.step()
-            except Exception as e:  # a failed step fails the requests in it, never the engine
-                with self._cv:
-                    for req in list(self._active):
-                        self._retire(req, "error", e)
-                continue
-            now = time.perf_counter()
-            with self._cv:
-                self._stats["steps"] += 1
-                self._stats["batch_size"] = n_run
-                self._stats["step_seconds_total"] += now - t0
-                for s, (text, toks, lps, fin) in events:
-                    req = owner[id(s)]
-                    self._stats["tokens_generated"] += len(toks)
-                    if req.t_first is None and toks:
-                        req.t_first = now
-                    req.put(("piece", Piece(req.index[id(s)], text, toks, lps, fin)))
                 for req in list(self._active):
-                    if all(s.done for s in req.states):
-                        self._retire(req, "done")
+                    self._retire(req, "error", e)
+            return True
+        now = time.perf_counter()
+        with self._cv:
+            self._stats["steps"] += 1
+            self._stats["batch_size"] = n_run
+            self._stats["step_seconds_total"] += now - t0
+            for s, (text, toks, lps, fin) in events:
+                req = owner[id(s)]
+                self._stats["tokens_generated"] += len(toks)
+                if req.t_first is None and toks:
+                    req.t_first = now
+                req.put(("piece", Piece(req.index[id(s)], text, toks, lps, fin)))
+            for req in list(self._active):
+                if all(s.done for s in req.states):
+                    self._retire(req, "done")
+        return True

@@ -36,15 +36,17 @@ constexpr int G = 24;        // divisible by S and by every register tile's R be
 constexpr int SMALL_M = 16;  // up to this many rows: the streaming driver
 constexpr int NC = 256;      // large M: output columns per epilogue block
 #if defined(TG_AVX512)
-// 32 vector registers: up to 24 accumulators + the operands of one step
+// 32 vector registers: up to 24 accumulators + the operands of one step. One row of A (decode of one sequence):
+// 4 weight rows, one from each stream (with 8, two per stream, 16-bit and int8 weights streamed at ~36 / 31
+// GB/s instead of ~50, DRAM-cold GEMV, 2 threads, quiet Zen 5; fp32 the same either way).
 constexpr int MT_MAX = 8;
 constexpr int MT_G = 4, RG = 6;  // GEMM register tile: 4 A rows (L2) x 6 packed weight rows (L1); 3 x 8 was ~8% slower
-static constexpr int r_for(int mt) { return mt <= 3 ? 8 : mt == 4 ? 6 : mt <= 6 ? 4 : 3; }
+static constexpr int r_for(int mt) { return mt == 1 ? 4 : mt <= 3 ? 8 : mt == 4 ? 6 : mt <= 6 ? 4 : 3; }
 #else
 // 16 vector registers: 12 accumulators + operands
 constexpr int MT_MAX = 4;
 constexpr int MT_G = 3, RG = 4;
-static constexpr int r_for(int mt) { return mt == 1 ? 8 : mt == 2 ? 6 : mt == 3 ? 4 : 3; }
+static constexpr int r_for(int mt) { return mt == 1 ? 4 : mt == 2 ? 6 : mt == 3 ? 4 : 3; }
 #endif
 static_assert(G % S == 0, "G rows come from S streams");
 constexpr int PF_AHEAD = 1024;  // bytes ahead in a weight row (software prefetch at M >= 2, see tile)

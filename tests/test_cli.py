@@ -59,6 +59,8 @@ def test_help_lists_every_option():
 @pytest.mark.parametrize("args,msg", [
     (["--temperature", "-1"], "temperature"), (["--top-p", "2"], "top_p"), (["--top-k", "-3"], "top_k"),
     (["--repeat-penalty", "0"], "repeat_penalty"), (["-n", "500"], "context length"),
+    (["--bf16-activations"], "needs bfloat16 weights"),
+    (["--bf16-activations", "--dtype", "bf16", "--backend", "numpy"], "cpu backend option"),
 ])
 def test_bad_sampling_values(tiny_dir, args, msg):
     r = run("generate", "Hi", "-m", tiny_dir, *args)

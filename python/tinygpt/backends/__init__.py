@@ -78,6 +78,9 @@ def resolve(name: str | None) -> str:
 
 
 def create(name: str, checkpoint, threads: int | None = None, bf16_activations: bool = False):
+    if bf16_activations and checkpoint.dtype != "bfloat16":
+        raise InvalidArgumentError("bf16_activations needs bfloat16 weights (dtype='bfloat16'), not "
+                                   f"{checkpoint.dtype}")
     if bf16_activations and name != "cpu":
         raise InvalidArgumentError(f"bf16_activations is a cpu backend option (backend {name!r})")
     if name == "numpy":

@@ -26,8 +26,6 @@ class CpuBackend(Backend):
         self._cpu = _cpu
         if not isinstance(bf16_activations, bool):
             raise InvalidArgumentError(f"bf16_activations must be True or False, got {bf16_activations!r}")
-        if bf16_activations and ck.dtype != "bfloat16":
-            raise InvalidArgumentError(f"bf16_activations needs bfloat16 weights (dtype='bfloat16'), not {ck.dtype}")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")

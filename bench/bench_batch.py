@@ -247,9 +247,9 @@ _GEMM = r"""
 import json, sys, time
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
-n, reps, threads = map(int, sys.argv[1:])
+m, n, k, reps, threads = map(int, sys.argv[1:])
 rng = np.random.default_rng(0)
-a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
 with threadpool_limits(threads, user_api="blas"):
     a @ b
     ts = []
@@ -257,20 +257,23 @@ with threadpool_limits(threads, user_api="blas"):
         t0 = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t0)
     blas = [{k: d.get(k) for k in ("internal_api", "architecture", "version", "num_threads")}
             for d in threadpool_info() if d.get("user_api") == "blas"]
-print(json.dumps(dict(n=n, gflop_s=2 * n ** 3 / min(ts) / 1e9, gflop_s_median=2 * n ** 3 / sorted(ts)[reps // 2] / 1e9,
-                      blas=blas)))
+flop = 2 * m * n * k
+print(json.dumps(dict(n=n, shape=[m, n, k], best_s=min(ts), gflop_s=flop / min(ts) / 1e9,
+                      gflop_s_median=flop / sorted(ts)[reps // 2] / 1e9, blas=blas)))
 """
 
 
-def gemm_peak(n=2048, reps=7) -> dict:
-    """fp32 GEMM peak of this host (best of reps, n x n x n sgemm via NumPy) at the bench's thread count.
-    OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed for the subprocess: set (as on these hosts), they pin OpenBLAS
-    to its Haswell kernel at half the AVX-512 speed; `blas` says which kernel ran."""
+def gemm_peak(n=2048, reps=7, shape=None, threads=None) -> dict:
+    """fp32 GEMM peak of this host (best of reps, n x n x n sgemm via NumPy, or shape = (M, N, K): [M, K] @ [K, N])
+    at the bench's thread count (or threads). OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed for the subprocess:
+    set (as on these hosts), they pin OpenBLAS to its Haswell kernel at half the AVX-512 speed; `blas` says which
+    kernel ran."""
     if not importlib.util.find_spec("threadpoolctl"):
         return dict(error="threadpoolctl not installed: pip install threadpoolctl")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    r = subprocess.run([sys.executable, "-c", _GEMM, str(n), str(reps), str(THREADS)], env=env, capture_output=True,
-                       text=True)
+    m, n, k = shape or (n, n, n)
+    r = subprocess.run([sys.executable, "-c", _GEMM, str(m), str(n), str(k), str(reps), str(threads or THREADS)],
+                       env=env, capture_output=True, text=True)
     if r.returncode != 0:
         return dict(error=r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
     return json.loads(r.stdout)

@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from bench_batch import gemm_peak
 from conftest import CUDA_TIMING, OPENBLAS_ENV, backend_params, cuda_call, median_s, run_pedantic
 from tinygpt import dtypes
 
@@ -141,42 +142,14 @@ def bench_decode_small_m(benchmark, impl, shape, wdtype, M):
                                 gb_s=round(ws[0][0].nbytes / median_s(benchmark) / 1e9, 2))
 
 
-_NUMPY_GEMM = """
-import sys, time, numpy as np
-from threadpoolctl import threadpool_limits, threadpool_info
-T, N, K, threads, reps = (int(a) for a in sys.argv[1:6])
-rng = np.random.default_rng(0)
-x, w = rng.standard_normal((T, K), np.float32), rng.standard_normal((N, K), np.float32)
-out = np.empty((T, N), np.float32)
-with threadpool_limits(threads):
-    best = []
-    for _ in range(reps):
-        t0 = time.perf_counter(); np.matmul(x, w.T, out=out); best.append(time.perf_counter() - t0)
-kern = [(i.get("internal_api"), i.get("architecture")) for i in threadpool_info()]
-print(min(best), kern)
-"""
-
-
-def numpy_blas_s(T, N, K, threads, reps=7):
-    """Best time of NumPy's x @ w.T in a subprocess with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed (set, as on
-    these hosts, they pin OpenBLAS to its Haswell kernel at half the AVX-512 speed); None if it cannot run."""
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    r = subprocess.run([sys.executable, "-c", _NUMPY_GEMM, str(T), str(N), str(K), str(threads), str(reps)], env=env,
-                       capture_output=True, text=True)
-    return (float(r.stdout.split()[0]), r.stdout.split(None, 1)[1].strip()) if r.returncode == 0 else (None, r.stderr)
-
-
 @pytest.mark.parametrize("T", [64, 512, 1024])
 @pytest.mark.parametrize("shape", ["qkv", "fc", "proj", "lm_head"])
 def bench_prefill_gemm_vs_blas(benchmark, shape, T):
     """tinygpt cpu fp32 GEMM against the host's BLAS on the same shape and thread count: NumPy's OpenBLAS with
-    OPENBLAS_* unset (in a subprocess, best of 7, before and after) and torch.matmul (alternated in rounds with
-    tinygpt). fraction_of_gemm_peak = the best BLAS time / tinygpt's best time (the issue's "GEMM path at >= 85%
-    of the fp32 GEMM peak measured in the same run"). bf16a_gflop_s: tinygpt's bf16-activation path (vdpbf16ps
-    where the CPU has it) in the same rounds, for reference against the fp32 peak."""
+    OPENBLAS_* unset (bench_batch.gemm_peak on this shape, best of 7, before and after) and torch.matmul
+    (alternated in rounds with tinygpt). fraction_of_gemm_peak = the best BLAS time / tinygpt's best time (the
+    issue's "GEMM path at >= 85% of the fp32 GEMM peak measured in the same run"). bf16a_gflop_s: tinygpt's
+    bf16-activation path (vdpbf16ps where the CPU has it) in the same rounds, for reference against the fp32 peak."""
     pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
     from tinygpt import _cpu
     threads = _cpu.get_num_threads()
@@ -194,7 +167,7 @@ def bench_prefill_gemm_vs_blas(benchmark, shape, T):
         fns["torch"] = lambda: torch.matmul(tx, tw, out=tout)
     except ImportError:
         pass
-    np_before, blas = numpy_blas_s(T, N, K, threads)
+    np_before = gemm_peak(shape=(T, N, K), threads=threads)
     times = {k: [] for k in fns}
     for f in fns.values():
         f()
@@ -203,15 +176,16 @@ def bench_prefill_gemm_vs_blas(benchmark, shape, T):
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    np_after, _ = numpy_blas_s(T, N, K, threads)
+    np_after = gemm_peak(shape=(T, N, K), threads=threads)
     run_pedantic(benchmark, fns["tinygpt"])
     best = {k: min(v) for k, v in times.items()}
-    nps = [t for t in (np_before, np_after) if t]
+    nps = [r["best_s"] for r in (np_before, np_after) if "best_s" in r]
     if nps:
         best["numpy"] = min(nps)
     ref = min(v for k, v in best.items() if k in ("numpy", "torch"))
     flop = 2 * T * N * K
     gf = {k: round(flop / v / 1e9, 1) for k, v in best.items()}
-    benchmark.extra_info.update(kernel="matmul", mode="prefill vs blas", T=T, N=N, K=K, threads=threads, blas=blas,
+    benchmark.extra_info.update(kernel="matmul", mode="prefill vs blas", T=T, N=N, K=K, threads=threads,
+                                blas=np_before.get("blas", np_before.get("error")),
                                 gflop_s=gf.pop("tinygpt"), bf16a_gflop_s=gf.pop("bf16a"), blas_gflop_s=gf,
                                 fraction_of_gemm_peak=round(ref / best["tinygpt"], 3))

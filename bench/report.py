@@ -13,6 +13,16 @@ import sys
 from pathlib import Path
 
 
+def table(head, rows):
+    """A Markdown table and a blank line; nothing when there are no rows."""
+    if not rows:
+        return
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+    print()
+
+
 def main(data):
     rows = [(b["name"], b["extra_info"], b["stats"]["median"]) for b in data["benchmarks"]]
     mi = data.get("machine_info", {})
@@ -56,20 +66,12 @@ def main(data):
         print()
     rss = [(n, x) for n, x, _ in rows if "peak_rss_mb" in x and "interpreter_mb" in x]
     ppl_rss = [(n, x) for n, x, _ in rows if "peak_rss_mb" in x and "one_window_forward_mb" in x]
-    if ppl_rss:
-        print("| peak RSS (perplexity) | tokens | MiB | one window's forward MiB | weights MiB | budget MiB |")
-        print("|---|---|---|---|---|---|")
-        for n, x in ppl_rss:
-            print(f"| {x['dtype']} | {x['tokens']} | {x['peak_rss_mb']} | {x['one_window_forward_mb']} "
-                  f"| {x['weights_mb']} | {x['budget_mb']} |")
-        print()
-    if rss:
-        print("| peak RSS (CLI run, converted model) | MiB | interpreter MiB | weights MiB | budget MiB |")
-        print("|---|---|---|---|---|")
-        for n, x in rss:
-            print(f"| {x['backend']} {x['dtype']} | {x['peak_rss_mb']} | {x['interpreter_mb']} | {x['weights_mb']} "
-                  f"| {x['budget_mb']} |")
-        print()
+    table(["peak RSS (perplexity)", "tokens", "MiB", "one window's forward MiB", "weights MiB", "budget MiB"],
+          [[x["dtype"], x["tokens"], x["peak_rss_mb"], x["one_window_forward_mb"], x["weights_mb"], x["budget_mb"]]
+           for _, x in ppl_rss])
+    table(["peak RSS (CLI run, converted model)", "MiB", "interpreter MiB", "weights MiB", "budget MiB"],
+          [[f"{x['backend']} {x['dtype']}", x["peak_rss_mb"], x["interpreter_mb"], x["weights_mb"], x["budget_mb"]]
+           for _, x in rss])
     kern = [(n, x, t) for n, x, t in rows if "kernel" in x]
     if kern:
         print("| kernel | median | GFLOP/s | % of same-run GEMM peak | GB/s | MB/s |\n|---|---|---|---|---|---|")

@@ -132,9 +132,10 @@ struct CpuOps {
             }
         bool in_order = true;
         for (int i = 0; i < na; i++) in_order = in_order && order[i] == i;
-        FloatBuf gathered = alloc_floats(in_order ? 0 : (size_t)na * C, false);
+        FloatBuf gathered;
         const float* xa = ha;
         if (!in_order) {
+            gathered = alloc_floats((size_t)na * C, false);
             for (int j = 0; j < na; j++)
                 std::memcpy(gathered.get() + (int64_t)j * C, ha + (int64_t)order[j] * C, C * sizeof(float));
             xa = gathered.get();

@@ -37,7 +37,6 @@ class CpuBackend(Backend):
         except ValueError as e:
             raise InvalidArgumentError(str(e)) from None
         self.cfg, self.dtype = ck.config, ck.dtype
-        self.bf16_activations = bf16_activations
         # the screen's error bound is for float32 activations: with bf16 ones greedy steps read the whole head
         self.screen_head = head_screen.wanted(ck.dtype, screen_head) and not bf16_activations
         self._head = ck.tensors[head_name(ck.config)]

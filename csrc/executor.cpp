@@ -35,7 +35,8 @@ Engine::Engine(const Config& c, Weights weights, bool bf16_act)
         TG_CHECK(r.dtype != I8 || r.scale, name << ": int8 weights need row scales");
     });
     TG_CHECK(w.wte.dtype != I8 || w.wte.scale, "wte: int8 needs row scales");
-    TG_CHECK(!bf16_act || (w.head.dtype == BF16 && w.wte.dtype == BF16), "Engine: bf16_activations needs bfloat16 weights");
+    TG_CHECK(!bf16_act || (w.head.dtype == BF16 && w.wte.dtype == BF16),
+             "Engine: bf16_activations needs bfloat16 weights");
 }
 
 void Engine::set_head_screen(HeadScreen s) {

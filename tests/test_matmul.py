@@ -158,7 +158,8 @@ def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
 
     full = run(np.arange(M))
     inp_ref = round_bf16(inp) if wdtype == "bfloat16a" else inp
-    assert rel_err(full, reference(inp_ref, widen(w, stored(wdtype), scale).astype(np.float64), b, flags, resid)) <= 3e-5
+    w64 = widen(w, stored(wdtype), scale).astype(np.float64)
+    assert rel_err(full, reference(inp_ref, w64, b, flags, resid)) <= 3e-5
     np.testing.assert_array_equal(run(np.arange(M), threads=1), full)
     for m in rng.choice(M, 12, replace=False):
         np.testing.assert_array_equal(run(np.array([m]))[0], full[m], err_msg=f"row {m} alone")

@@ -199,12 +199,11 @@ inline void gemm_tile(float* s, float* st, const float* ap, const float* wp, int
         const float* w = wp + (size_t)p * rw * VW;
         step<DotF<float>, MT, R>(acc, [&](int i) { return vload(a + i * VW); }, [&](int j) { return vload(w + j * VW); });
     }
-    for (int i = 0; i < MT; i++) {
-        if (fin)
-            hsum_row<R>(acc[i], s + i * R);
-        else
+    if (fin)
+        hsum_row<MT * R>(&acc[0][0], s);
+    else
+        for (int i = 0; i < MT; i++)
             for (int j = 0; j < R; j++) vstore(st + (i * R + j) * VW, acc[i][j]);
-    }
 }
 
 template <int MT>

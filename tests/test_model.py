@@ -105,6 +105,18 @@ def test_threads_share_a_model(models, backend):
     assert not errors and got == expected
 
 
+def test_logits_reuses_its_sequence_exactly(models, backend):
+    # logits() keeps one sequence between calls (reset each time); concurrent calls get their own
+    m = models(backend)
+    ids = DATA["ids"]
+    long_ = m.logits(ids)
+    short = m.logits(ids[::-1][:7])
+    assert np.array_equal(short, m.backend.new_sequence().forward(np.asarray(ids[::-1][:7], np.int32), True))
+    assert np.array_equal(m.logits(ids), long_)
+    with m._logits_lock:  # busy: a call from another thread takes a fresh sequence
+        assert np.array_equal(m.logits(ids), long_)
+
+
 def test_logits_input_validation(models):
     m = models("numpy")
     for bad in ([], [50257], [-1], [[1, 2]], ["a"]):

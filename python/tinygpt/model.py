@@ -6,6 +6,7 @@ step for all sequences, each sequence's text the same as when it runs alone (REA
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +31,10 @@ class Model:
                                        f"{self.config.n_vocab}: vocabulary files do not match the weights")
         self.backend_name = backends.resolve(backend)  # None: $TINYGPT_BACKEND or auto
         self.backend = backends.create(self.backend_name, checkpoint, threads, bf16_activations)
+        # logits() reuses one sequence: a fresh KV cache's pages fault and are zeroed at first touch (~5% of a
+        # 1024-token forward); a concurrent call makes its own
+        self._logits_seq = None
+        self._logits_lock = threading.Lock()
 
     @property
     def dtype(self) -> str:
@@ -53,7 +58,16 @@ class Model:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits for every position, float32 [len(ids), n_vocab]; one full forward, no cache reuse."""
-        return self.backend.new_sequence().forward(self._check_ids(ids), all_logits=True)
+        ids = self._check_ids(ids)
+        if not self._logits_lock.acquire(blocking=False):
+            return self.backend.new_sequence().forward(ids, all_logits=True)
+        try:
+            if self._logits_seq is None:
+                self._logits_seq = self.backend.new_sequence()
+            self._logits_seq.reset()
+            return self._logits_seq.forward(ids, all_logits=True)
+        finally:
+            self._logits_lock.release()
 
     # -- generation ----------------------------------------------------------------------------
     def _options(self, options: dict) -> tuple[SamplingOptions, int, int | None]:

@@ -242,7 +242,8 @@ PYBIND11_MODULE(_cpu, m) {
             return c;
         }, "a new sequence holding a copy of this one's cache (its prefix)");
 
-    m.def("forward", [](PyEngine& pe, std::vector<PySequence*> seqs, std::vector<IArrIn> tokens, std::vector<int> want) {
+    m.def("forward", [](PyEngine& pe, std::vector<PySequence*> seqs, std::vector<IArrIn> tokens, std::vector<int> want,
+                        py::object out) {
         const size_t n = seqs.size();
         if (tokens.size() != n || want.size() != n)
             throw std::invalid_argument("forward: seqs, tokens and want must have the same length");
@@ -254,7 +255,17 @@ PYBIND11_MODULE(_cpu, m) {
             items[i] = {seqs[i]->s.get(), tokens[i].data(), (int)tokens[i].size(), want[i]};
         }
         const Engine& e = *pe.engine;
-        FArrOut logits({(py::ssize_t)logit_rows(items.data(), (int)n), (py::ssize_t)e.cfg.n_vocab});
+        const py::ssize_t rows = logit_rows(items.data(), (int)n), V = e.cfg.n_vocab;
+        FArrOut logits;
+        if (out.is_none()) {
+            logits = FArrOut({rows, V});
+        } else {  // the caller's buffer (an earlier result it no longer uses): fresh pages cost a fault each
+            if (!py::isinstance<FArrOut>(out)) throw std::invalid_argument("forward out: must be a C-contiguous float32 array");
+            logits = py::reinterpret_borrow<FArrOut>(out);
+            if (!logits.writeable() || logits.ndim() != 2 || logits.shape(0) != rows || logits.shape(1) != V)
+                throw std::invalid_argument("forward out: expected a writable [" + std::to_string(rows) + ", " +
+                                            std::to_string(V) + "] array, got " + shape_str(logits));
+        }
         py::array_t<int32_t> best((py::ssize_t)n), n_exact((py::ssize_t)n);
         int32_t *bp = best.mutable_data(), *np_ = n_exact.mutable_data();
         for (size_t i = 0; i < n; i++) bp[i] = -1, np_[i] = 0;
@@ -264,8 +275,8 @@ PYBIND11_MODULE(_cpu, m) {
             forward(e, items.data(), (int)n, lp, bp, np_);
         }
         return py::make_tuple(logits, best, n_exact);
-    }, py::arg("engine"), py::arg("seqs"), py::arg("tokens"), py::arg("want"),
+    }, py::arg("engine"), py::arg("seqs"), py::arg("tokens"), py::arg("want"), py::arg("out") = py::none(),
        "one forward over a batch: seqs[i] appends tokens[i]; want[i]: 0 none, 1 last row's logits, 2 all rows', "
-       "3 argmax of the last row. Returns (logits [rows wanted, n_vocab] in item order, argmax [n], head rows "
-       "evaluated exactly [n])");
+       "3 argmax of the last row. Returns (logits [rows wanted, n_vocab] in item order (written into out if "
+       "given), argmax [n], head rows evaluated exactly [n])");
 }

@@ -115,6 +115,16 @@ def test_logits_reuses_its_sequence_exactly(models, backend):
     assert np.array_equal(m.logits(ids), long_)
     with m._logits_lock:  # busy: a call from another thread takes a fresh sequence
         assert np.array_equal(m.logits(ids), long_)
+    # a result the caller released is written again (cpu: writes_out); one it holds never is
+    x = m.logits(ids)
+    addr = x.__array_interface__["data"][0]
+    del x
+    y = m.logits(ids)
+    assert np.array_equal(y, long_)
+    if m.backend.writes_out:
+        assert y.__array_interface__["data"][0] == addr
+    z = m.logits(ids[:5])
+    assert np.array_equal(y, long_) and z.shape[0] == 5
 
 
 def test_logits_input_validation(models):

@@ -36,8 +36,8 @@ class Sequence:
         """A new sequence with a copy of this one's cache: n samples of one prompt share one prefill."""
         raise NotImplementedError
 
-    def forward(self, tokens, all_logits: bool = False) -> np.ndarray:
-        return self.backend.forward([self], [tokens], ["all" if all_logits else "last"])[0]
+    def forward(self, tokens, all_logits: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+        return self.backend.forward([self], [tokens], ["all" if all_logits else "last"], out)[0]
 
     def forward_argmax(self, tokens) -> int:
         return self.backend.forward([self], [tokens], ["argmax"])[0]
@@ -48,6 +48,7 @@ class Backend:
     dtype: str
     cfg: object
     rows_run = 0  # tokens run through the model so far (tests count prefills with it)
+    writes_out = False  # forward(..., out=) writes the logits into the caller's array (else out is not used)
 
     def new_sequence(self) -> Sequence:
         raise NotImplementedError
@@ -55,11 +56,13 @@ class Backend:
     def prepare_argmax(self) -> None:
         """Build what argmax steps need (the cpu head screen) now, outside any timed step."""
 
-    def _forward(self, seqs, tokens, want) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(logits [rows wanted, n_vocab] in item order, argmax [n], head rows evaluated exactly [n])."""
+    def _forward(self, seqs, tokens, want, out=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits [rows wanted, n_vocab] in item order (in out if given and writes_out), argmax [n], head rows
+        evaluated exactly [n])."""
         raise NotImplementedError
 
-    def forward(self, seqs: Seq[Sequence], tokens: Seq, want: Seq[str]) -> list:
+    def forward(self, seqs: Seq[Sequence], tokens: Seq, want: Seq[str], out: np.ndarray | None = None) -> list:
+        """out: a float32 [rows wanted, n_vocab] array to write the logits into, where the backend writes_out."""
         if not (len(seqs) == len(tokens) == len(want)) or not seqs:
             raise InvalidArgumentError("forward: seqs, tokens and want must be non-empty and of one length")
         if len({id(s) for s in seqs}) != len(seqs):
@@ -80,7 +83,7 @@ class Backend:
                 raise InvalidArgumentError(f"forward: want must be one of {', '.join(WANT)}, got {w!r}")
             toks.append(np.ascontiguousarray(t, np.int32))
             codes.append(WANT[w])
-        logits, best, n_exact = self._forward(seqs, toks, codes)
+        logits, best, n_exact = self._forward(seqs, toks, codes, out if self.writes_out else None)
         self.rows_run += sum(t.size for t in toks)
         out, r = [], 0
         for s, t, c, b, ne in zip(seqs, toks, codes, best, n_exact):

@@ -17,6 +17,7 @@ from .native import NativeSequence, engine_config, engine_weights
 
 class CpuBackend(Backend):
     name = "cpu"
+    writes_out = True
 
     def __init__(self, ck, threads: int | None = None, screen_head: str | None = None, bf16_activations: bool = False):
         try:
@@ -54,7 +55,7 @@ class CpuBackend(Backend):
     def new_sequence(self) -> NativeSequence:
         return NativeSequence(self, self._cpu.Sequence(self.engine))
 
-    def _forward(self, seqs, tokens, want):
+    def _forward(self, seqs, tokens, want, out=None):
         if 3 in want:
             self.prepare_argmax()
-        return self._cpu.forward(self.engine, [s._s for s in seqs], tokens, want)
+        return self._cpu.forward(self.engine, [s._s for s in seqs], tokens, want, out)

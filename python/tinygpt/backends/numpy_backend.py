@@ -46,7 +46,7 @@ class NumpyBackend(Backend):
     def new_sequence(self) -> NumpySequence:
         return NumpySequence(self)
 
-    def _forward(self, seqs, tokens, want):
+    def _forward(self, seqs, tokens, want, out=None):  # (writes_out is False: out is None)
         V = self.cfg.n_vocab
         rows, argmax_rows, r = [], [], 0
         for t, w in zip(tokens, want):

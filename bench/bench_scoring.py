@@ -12,7 +12,9 @@ bench_perplexity: strided perplexity (context 1024, stride 512) of TINYGPT_BENCH
 (docs: perplexity.md, `labels` with -100 for already-scored tokens), and the same windows through llama-cpp-python
 with a float64 log-softmax of the target rows. Every runner's perplexity goes to extra_info. The HF recipe scores
 other windows (it drops each window's last row and the first token), so its value differs; the random weights give
-perplexities near 1e20 (mean NLL ~46 nats), where small logit differences between runtimes show.
+perplexities near 1e20 (mean NLL ~46 nats), where small logit differences between runtimes show. For long files:
+TINYGPT_BENCH_PPL_FAMILY=float32 or bfloat16 (that dtype family's runners only), TINYGPT_BENCH_WARMUP=0 (no untimed
+first pass).
 
 bench_perplexity_peak_rss: VmHWM of a fresh process running `Model.perplexity` on a converted (mmapped) model,
 against that of a process that ran one forward of one window (weights + one window's activations) + 15%.
@@ -71,18 +73,19 @@ def _llama(model_dir, ftype, n_ctx):
                            n_threads=THREADS, n_threads_batch=THREADS, logits_all=True, verbose=False)
 
 
-def _round_robin(benchmark, runners, rounds=None):
+def _round_robin(benchmark, runners, rounds=None, warmup=True):
     times = {k: [] for k in runners}
     values = {}
-    for k, f in runners.items():  # warm-up pass (also records each runner's result)
+    for k, f in runners.items() if warmup else ():  # warm-up pass (also records each runner's result)
         values[k] = f()
 
     def one_pass():
         for k, f in runners.items():
             time.sleep(0.3)  # let the previous runner's spinning worker threads go idle
             t = time.perf_counter()
-            f()
+            v = f()
             times[k].append(time.perf_counter() - t)
+            values.setdefault(k, v)
     run_pedantic(benchmark, one_pass, rounds=rounds or int(os.environ.get("TINYGPT_BENCH_ROUNDS", "5")))
     return {k: float(np.median(v)) for k, v in times.items()}, values
 
@@ -175,18 +178,24 @@ def bench_perplexity(benchmark, model_dir):
     n = n_ppl_tokens()
     ids = _ids(n, 2)
     runners, info = {}, {}
+    # TINYGPT_BENCH_PPL_FAMILY=float32 or bfloat16: only that dtype family's runners (long files);
+    # TINYGPT_BENCH_WARMUP=0: no untimed first pass (each runner's first timed run gives its perplexity)
+    fam = os.environ.get("TINYGPT_BENCH_PPL_FAMILY", "all")
+    fp32, bf16 = fam in ("all", "float32"), fam in ("all", "bfloat16")
     for dt, act16 in (("float32", False), ("bfloat16", False), ("bfloat16", True)):
+        if not (fp32 if dt == "float32" else bf16):
+            continue
         m = tinygpt.load(d, backend="cpu", dtype=dt, bf16_activations=act16)
         name = f"tinygpt cpu {dt}" + (" bf16-activations" if act16 else "")
         runners[name] = lambda m=m: m.perplexity(ids, context=CONTEXT, stride=STRIDE).perplexity
     hf, ll = _peers_available()
-    if hf:
-        runners["transformers cpu float32 (documented recipe)"] = hf_strided(d, ids, "float32")
-        runners["transformers cpu bfloat16 (documented recipe)"] = hf_strided(d, ids, "bfloat16")
-    if ll:
-        for ft in ("f32", "f16"):
+    for dt, ft, on in (("float32", "f32", fp32), ("bfloat16", "f16", bf16)):
+        if hf and on:
+            runners[f"transformers cpu {dt} (documented recipe)"] = hf_strided(d, ids, dt)
+        if ll and on:
             runners[f"llama.cpp {ft.upper()} (logits_all, same windows)"] = llama_strided(d, ids, ft)
-    med, ppl = _round_robin(benchmark, runners, rounds=int(os.environ.get("TINYGPT_BENCH_ROUNDS", "3")))
+    med, ppl = _round_robin(benchmark, runners, rounds=int(os.environ.get("TINYGPT_BENCH_ROUNDS", "3")),
+                            warmup=os.environ.get("TINYGPT_BENCH_WARMUP", "1") != "0")
     base = {k: v for k, v in med.items() if not k.startswith("tinygpt")}
     info.update(tokens=n, context=CONTEXT, stride=STRIDE, threads=THREADS,
                 tok_s={k: round(n / v, 1) for k, v in med.items()}, perplexity=ppl,

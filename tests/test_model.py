@@ -127,6 +127,22 @@ def test_logits_reuses_its_sequence_exactly(models, backend):
     assert np.array_equal(y, long_) and z.shape[0] == 5
 
 
+def test_forward_out_is_checked(models, backend):
+    if backend != "cpu":
+        pytest.skip("forward(out=) is the cpu binding's (writes_out)")
+    m = models("cpu")
+    seq, ids = m.backend.new_sequence(), np.asarray(DATA["ids"][:4], np.int32)
+    for bad in (np.empty((4, 50257), np.float64), np.empty((3, 50257), np.float32),
+                np.empty((50257, 4), np.float32).T, np.empty((4, 50257), np.float32)[:, ::-1]):
+        with pytest.raises(ValueError, match="forward out"):
+            m.backend._cpu.forward(m.backend.engine, [seq._s], [ids], [2], bad)
+    ro = np.empty((4, 50257), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        m.backend._cpu.forward(m.backend.engine, [seq._s], [ids], [2], ro)
+    assert seq.pos == 0  # refused before running
+
+
 def test_logits_input_validation(models):
     m = models("numpy")
     for bad in ([], [50257], [-1], [[1, 2]], ["a"]):

@@ -1,7 +1,8 @@
 """The embedding API: `tinygpt.load(model) -> Model`; generate / stream / logits on it, for one prompt or a batch.
 
 A Model holds read-only weights on one backend; every call makes its own sequences (their own KV caches), so
-several threads may use one Model at once. A list of prompts (or n > 1 samples) runs as one batch: one forward per
+several threads may use one Model at once (logits() keeps one sequence and buffer for reuse, under a lock that a
+concurrent call does not wait for: it makes its own). A list of prompts (or n > 1 samples) runs as one batch: one forward per
 step for all sequences, each sequence's text the same as when it runs alone (README: what is bitwise).
 """
 from __future__ import annotations

@@ -86,6 +86,7 @@ def _round_robin(benchmark, runners, rounds=None, warmup=True):
             v = f()
             times[k].append(time.perf_counter() - t)
             values.setdefault(k, v)
+            del v  # else freed inside the next runner's timing
     run_pedantic(benchmark, one_pass, rounds=rounds or int(os.environ.get("TINYGPT_BENCH_ROUNDS", "5")))
     return {k: float(np.median(v)) for k, v in times.items()}, values
 

@@ -52,6 +52,8 @@ static_assert(G % S == 0, "G rows come from S streams");
 constexpr int PF_AHEAD = 1024;  // bytes ahead in a weight row (software prefetch at M >= 2, see tile)
 
 static inline int imax(int a, int b) { return a > b ? a : b; }
+// threads for the streaming driver over N weight rows (at least 64 rows each)
+static inline int small_m_threads(int N) { return imin(tg::num_threads(), imax(1, N / 64)); }
 
 // The one reduction tree: lane j + lane j + VW/2, then j + j + VW/4, ..., down to one float.
 static inline float hsum(V v) {
@@ -382,14 +384,14 @@ void matmul_bh(float* out, const float* inp, const bf16_t* W, const float* b, in
     // thread is free (block-major, so both threads share a block). Static halves per block left threads waiting
     // at barriers: a 1024-token forward took ~501 ms against ~483 (2 threads, Zen 5; the fp32 GEMM's 256-column
     // chunks gained nothing, so it keeps its static halves). Any split gives the same bits.
-    const int nt = imin(tg::num_threads(), imax(1, N / 64));
+    const int nt = small_m_threads(N);
     const int MB = imax(MT_MAX, (128 * 1024 / imax(1, K)) / MT_MAX * MT_MAX);
     const int CH = imax(G, (N + 4 * nt - 1) / (4 * nt) / G * G);  // ~4 chunks per thread and block
     const int nb = (M + MB - 1) / MB, nc = (N + CH - 1) / CH;
     FloatScratch scratch(flags & tg::ACCUM ? (size_t)MB * CH * nt : 0);
 #pragma omp parallel num_threads(nt)
     {
-        float* sc = scratch.p + (size_t)MB * CH * omp_get_thread_num();
+        float* sc = flags & tg::ACCUM ? scratch.p + (size_t)MB * CH * omp_get_thread_num() : nullptr;
 #pragma omp for schedule(dynamic, 1)
         for (int t = 0; t < nb * nc; t++) {
             const int m0 = t / nc * MB, n0 = t % nc * CH;

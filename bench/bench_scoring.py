@@ -9,8 +9,9 @@ float64 log-softmax, ranks), transformers float32 / bfloat16 (`model(ids).logits
 
 bench_perplexity: strided perplexity (context 1024, stride 512) of TINYGPT_BENCH_PPL_TOKENS random token ids
 (default 16384; the issue's figure is ~100k): `Model.perplexity`, transformers' documented strided recipe
-(docs: perplexity.md, `labels` with -100 for already-scored tokens), and the same windows through llama-cpp-python
-with a float64 log-softmax of the target rows. Every runner's perplexity goes to extra_info. The HF recipe scores
+(docs: perplexity.md, `labels` with -100 for already-scored tokens), the same recipe with `logits_to_keep` (the LM
+head over target rows only, as tinygpt's windows do; where transformers has it), and the same windows through
+llama-cpp-python with a float64 log-softmax of the target rows. Every runner's perplexity goes to extra_info. The HF recipe scores
 other windows (it drops each window's last row and the first token), so its value differs; the random weights give
 perplexities near 1e20 (mean NLL ~46 nats), where small logit differences between runtimes show. For long files:
 TINYGPT_BENCH_PPL_FAMILY=float32 or bfloat16 (that dtype family's runners only), TINYGPT_BENCH_WARMUP=0 (no untimed
@@ -65,6 +66,12 @@ def _hf_model(path, dtype):
     import transformers
     torch.set_num_threads(THREADS)
     return torch, transformers.GPT2LMHeadModel.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
+
+
+def _hf_keeps_logits() -> bool:
+    import inspect
+    import transformers
+    return "logits_to_keep" in inspect.signature(transformers.GPT2LMHeadModel.forward).parameters
 
 
 def _llama(model_dir, ftype, n_ctx):
@@ -155,6 +162,32 @@ def hf_strided(path, ids, dtype):
     return run
 
 
+def hf_strided_kept(path, ids, dtype):
+    """The documented recipe's windows, but the LM head only over the rows that predict a target
+    (`logits_to_keep`, transformers >= 4.45): the same work tinygpt's perplexity does."""
+    torch, model = _hf_model(path, dtype)
+    enc = torch.tensor([ids])
+    F = torch.nn.functional
+
+    def run():
+        seq_len, nll_sum, n_tokens, prev_end = enc.size(1), 0.0, 0, 0
+        with torch.inference_mode():
+            for begin in range(0, seq_len, STRIDE):
+                end = min(begin + CONTEXT, seq_len)
+                trg_len = end - prev_end
+                input_ids = enc[:, begin:end]
+                keep = min(trg_len + 1, input_ids.size(1))  # rows end-keep .. end-1; the last predicts nothing
+                logits = model(input_ids, logits_to_keep=keep).logits[0, :-1].float()
+                targets = input_ids[0, input_ids.size(1) - keep + 1:]
+                nll_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+                n_tokens += targets.numel()
+                prev_end = end
+                if end == seq_len:
+                    break
+        return float(np.exp(nll_sum / n_tokens))
+    return run
+
+
 def llama_strided(model_dir, ids, ftype):
     """tinygpt's windows (prefix <|endoftext|>, targets only the not-yet-scored tokens) through llama.cpp."""
     from tinygpt.scoring import plan_windows
@@ -193,6 +226,8 @@ def bench_perplexity(benchmark, model_dir):
     for dt, ft, on in (("float32", "f32", fp32), ("bfloat16", "f16", bf16)):
         if hf and on:
             runners[f"transformers cpu {dt} (documented recipe)"] = hf_strided(d, ids, dt)
+            if _hf_keeps_logits():
+                runners[f"transformers cpu {dt} (logits_to_keep)"] = hf_strided_kept(d, ids, dt)
         if ll and on:
             runners[f"llama.cpp {ft.upper()} (logits_all, same windows)"] = llama_strided(d, ids, ft)
     med, ppl = _round_robin(benchmark, runners, rounds=int(os.environ.get("TINYGPT_BENCH_ROUNDS", "3")),

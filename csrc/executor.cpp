@@ -2,6 +2,7 @@
 // flags only; every kernel call goes through the per-ISA table.
 #include "executor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -77,6 +78,7 @@ struct CpuOps {
     std::vector<int> row0;                       // first row of each item
     std::vector<int> logit_src, argmax_src;      // rows whose logits / argmax are wanted
     std::vector<int> argmax_item;                // the item of each argmax row
+    int rows = 0;
     FloatBuf act;
     float* bufs[N_BUF];
     float* logits;
@@ -102,6 +104,12 @@ struct CpuOps {
         const size_t layer_cache = (size_t)c.n_ctx * C;
         k.attention(out + (int64_t)row0[s] * C, qkv + (int64_t)row0[s] * 3 * C, it.seq->k_cache() + layer * layer_cache,
                     it.seq->v_cache() + layer * layer_cache, it.n, it.seq->pos, c.n_head, hd, c.n_ctx);
+    }
+    int last_layer_from() const {
+        int lo = rows;
+        if (!logit_src.empty()) lo = std::min(lo, logit_src.front());
+        if (!argmax_src.empty()) lo = std::min(lo, argmax_src.front());
+        return lo;
     }
     int gather_outputs(float* dst, const float* x) {
         const int C = c.n_embd;
@@ -176,6 +184,8 @@ void forward(const Engine& e, const BatchItem* items, int n_items, float* logits
         TG_CHECK(seen.insert(it.seq).second, "forward: a sequence appears twice in one batch");
         TG_CHECK(it.n >= 1, "forward: item " << i << " has no tokens");
         TG_CHECK(it.want >= WANT_NONE && it.want <= WANT_ARGMAX, "forward: bad want code " << it.want);
+        TG_CHECK(it.skip == 0 || (it.want == WANT_ALL && it.skip > 0 && it.skip < it.n),
+                 "forward: item " << i << ": skip " << it.skip << " needs want=all and 0 <= skip < " << it.n);
         TG_CHECK(it.seq->pos + it.n <= c.n_ctx, "forward: " << it.seq->pos << " cached + " << it.n
                                                             << " new tokens exceed the context of " << c.n_ctx);
         for (int t = 0; t < it.n; t++)
@@ -184,13 +194,13 @@ void forward(const Engine& e, const BatchItem* items, int n_items, float* logits
         rows += it.n;
     }
     TG_CHECK(rows <= (int64_t)1 << 24, "forward: " << rows << " rows in one batch is too many");
-    CpuOps ops{e, c, kernels(), items, {}, {}, {}, {}, nullptr, {}, logits, argmax, n_exact};
+    CpuOps ops{e, c, kernels(), items, {}, {}, {}, {}, (int)rows, nullptr, {}, logits, argmax, n_exact};
     int r = 0;
     for (int i = 0; i < n_items; i++) {
         const BatchItem& it = items[i];
         ops.row0.push_back(r);
         if (it.want == WANT_ALL)
-            for (int t = 0; t < it.n; t++) ops.logit_src.push_back(r + t);
+            for (int t = it.skip; t < it.n; t++) ops.logit_src.push_back(r + t);
         else if (it.want == WANT_LAST)
             ops.logit_src.push_back(r + it.n - 1);
         else if (it.want == WANT_ARGMAX)

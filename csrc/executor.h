@@ -60,6 +60,7 @@ struct BatchItem {
     const int32_t* tokens;  // [n], appended at seq->pos
     int n;
     int want;
+    int skip = 0;  // WANT_ALL: the first `skip` rows are context only (no logits); 0 <= skip < n
 };
 
 // One forward over every item's tokens. logits: [logit_rows, n_vocab], the items' rows in item order.

@@ -51,10 +51,12 @@ struct Weights {
 enum Want : int { WANT_NONE = 0, WANT_LAST = 1, WANT_ALL = 2, WANT_ARGMAX = 3 };
 
 // Logit rows a batch returns, in item order: WANT_LAST 1, WANT_ALL n (argmax rows use the executor's scratch).
+// A WANT_ALL item's first `skip` rows are context only: their logits are neither computed nor returned.
 template <class Item>
 int64_t logit_rows(const Item* items, int n_items) {
     int64_t r = 0;
-    for (int i = 0; i < n_items; i++) r += items[i].want == WANT_ALL ? items[i].n : items[i].want == WANT_LAST;
+    for (int i = 0; i < n_items; i++)
+        r += items[i].want == WANT_ALL ? items[i].n - items[i].skip : items[i].want == WANT_LAST;
     return r;
 }
 
@@ -125,21 +127,28 @@ void check_weight_shapes(const Weights& w, const Config& c, Check&& check) {
 //   void layernorm(float* out, const float* in, const WeightRef& w, const WeightRef& b, int M)
 //   void matmul(float* out, const float* in, const WeightRef& W, const WeightRef* b, int M, int flags)
 //   void attention(float* out, const float* qkv, int layer, int s)   rows of sequence s only
+//   int  last_layer_from()                            the last layer's MLP runs on rows from here on (rows: none)
 //   int  gather_outputs(float* dst, const float* x)   copies the rows that need logits to dst; returns how many
 //   void head(const float* h, int n_out)              logits (or their argmax) of the gathered, normed rows
 template <class Ops>
 void gpt2_forward(Ops& k, const Config& c, const Weights& w, int rows, int n_seq) {
     float *x = k.buf(BUF_X), *h = k.buf(BUF_H), *qkv = k.buf(BUF_QKV), *att = k.buf(BUF_ATT), *fc = k.buf(BUF_FC);
     for (int s = 0; s < n_seq; s++) k.embedding(x, s);
+    const int64_t C = c.n_embd, F = c.d_ff;
     for (int l = 0; l < c.n_layer; l++) {
         const LayerWeights& L = w.layers[l];
         k.layernorm(h, x, L.ln_1_w, L.ln_1_b, rows);
         k.matmul(qkv, h, L.attn_w, &L.attn_b, rows, 0);
-        for (int s = 0; s < n_seq; s++) k.attention(att, qkv, l, s);
-        k.matmul(x, att, L.attn_proj_w, &L.attn_proj_b, rows, ACCUM);  // residual add fused
-        k.layernorm(h, x, L.ln_2_w, L.ln_2_b, rows);
-        k.matmul(fc, h, L.fc_w, &L.fc_b, rows, GELU);
-        k.matmul(x, fc, L.mlp_proj_w, &L.mlp_proj_b, rows, ACCUM);
+        for (int s = 0; s < n_seq; s++) k.attention(att, qkv, l, s);  // every row: it fills the KV cache
+        // After the last layer's attention only rows that give an output matter (a prefill chunk: none; a scoring
+        // window: the scored rows); the matmuls are row invariant, so trimming changes no bit of what is returned.
+        const int64_t lo = l == c.n_layer - 1 ? k.last_layer_from() : 0;
+        const int M = rows - (int)lo;
+        if (M <= 0) continue;
+        k.matmul(x + lo * C, att + lo * C, L.attn_proj_w, &L.attn_proj_b, M, ACCUM);  // residual add fused
+        k.layernorm(h + lo * C, x + lo * C, L.ln_2_w, L.ln_2_b, M);
+        k.matmul(fc + lo * F, h + lo * C, L.fc_w, &L.fc_b, M, GELU);
+        k.matmul(x + lo * C, fc + lo * F, L.mlp_proj_w, &L.mlp_proj_b, M, ACCUM);
     }
     const int n_out = k.gather_outputs(att, x);  // usually one row per sequence: norm and head only those
     if (n_out == 0) return;

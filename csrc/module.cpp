@@ -243,16 +243,20 @@ PYBIND11_MODULE(_cpu, m) {
         }, "a new sequence holding a copy of this one's cache (its prefix)");
 
     m.def("forward", [](PyEngine& pe, std::vector<PySequence*> seqs, std::vector<IArrIn> tokens, std::vector<int> want,
-                        py::object out) {
+                        py::object out, std::vector<int> skip) {
         const size_t n = seqs.size();
         if (tokens.size() != n || want.size() != n)
             throw std::invalid_argument("forward: seqs, tokens and want must have the same length");
+        if (!skip.empty() && skip.size() != n) throw std::invalid_argument("forward: skip must be empty or one per item");
         std::vector<BatchItem> items(n);
         for (size_t i = 0; i < n; i++) {
             if (!seqs[i]) throw std::invalid_argument("forward: None is not a sequence");
             if (tokens[i].ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
             if (seqs[i]->e.get() != &pe) throw std::invalid_argument("forward: a sequence of another engine");
-            items[i] = {seqs[i]->s.get(), tokens[i].data(), (int)tokens[i].size(), want[i]};
+            items[i] = {seqs[i]->s.get(), tokens[i].data(), (int)tokens[i].size(), want[i], skip.empty() ? 0 : skip[i]};
+            const BatchItem& it = items[i];
+            if (it.skip != 0 && !(it.want == WANT_ALL && it.skip > 0 && it.skip < it.n))
+                throw std::invalid_argument("forward: skip needs want=all and 0 <= skip < len(tokens)");
         }
         const Engine& e = *pe.engine;
         const py::ssize_t rows = logit_rows(items.data(), (int)n), V = e.cfg.n_vocab;
@@ -276,7 +280,8 @@ PYBIND11_MODULE(_cpu, m) {
         }
         return py::make_tuple(logits, best, n_exact);
     }, py::arg("engine"), py::arg("seqs"), py::arg("tokens"), py::arg("want"), py::arg("out") = py::none(),
-       "one forward over a batch: seqs[i] appends tokens[i]; want[i]: 0 none, 1 last row's logits, 2 all rows', "
-       "3 argmax of the last row. Returns (logits [rows wanted, n_vocab] in item order (written into out if "
+       py::arg("skip") = std::vector<int>{},
+       "one forward over a batch: seqs[i] appends tokens[i]; want[i]: 0 none, 1 last row's logits, 2 all rows' "
+       "(but the first skip[i], context only), 3 argmax of the last row. Returns (logits [rows wanted, n_vocab] in item order (written into out if "
        "given), argmax [n], head rows evaluated exactly [n])");
 }

@@ -54,7 +54,8 @@ struct BatchItem {
     Sequence* seq;
     const int32_t* h_tokens;  // [n], appended at seq->pos()
     int n;
-    int want;  // tg::Want
+    int want;      // tg::Want
+    int skip = 0;  // WANT_ALL: the first `skip` rows are context only (no logits)
 };
 
 // One forward over every item's tokens (csrc/forward.h). h_logits: [tg::logit_rows, n_vocab] host floats;

@@ -247,6 +247,7 @@ struct CudaOps {
                          q.vc.as<float>() + layer * layer_cache, items[i].n, s.pos + i, c.n_head, C / c.n_head, c.n_ctx,
                          attn_scratch, st);
     }
+    int last_layer_from() const { return 0; }  // no trimming: the launches group items by kind over all rows
     int gather_outputs(float* dst, const float* x) {
         const size_t C = c.n_embd;
         int o = 0;
@@ -263,7 +264,7 @@ struct CudaOps {
 std::vector<std::pair<int, int>> output_ranges(const BatchItem* items, int n, const std::vector<int>& row0) {
     std::vector<std::pair<int, int>> out;
     for (int i = 0; i < n; i++) {
-        if (items[i].want == tg::WANT_ALL) out.push_back({row0[i], items[i].n});
+        if (items[i].want == tg::WANT_ALL) out.push_back({row0[i] + items[i].skip, items[i].n - items[i].skip});
         if (items[i].want == tg::WANT_LAST) out.push_back({row0[i] + items[i].n - 1, 1});
     }
     for (int i = 0; i < n; i++)
@@ -294,6 +295,8 @@ void forward(const Engine& eng, const BatchItem* items, int n_items, float* h_lo
         for (int t = 0; t < it.n; t++)
             if (it.h_tokens[t] < 0 || it.h_tokens[t] >= c.n_vocab)
                 throw std::invalid_argument("forward: token id " + std::to_string(it.h_tokens[t]) + " out of range");
+        if (it.skip != 0 && !(it.want == tg::WANT_ALL && it.skip > 0 && it.skip < it.n))
+            throw std::invalid_argument("forward: skip needs want=all and 0 <= skip < len(tokens)");
         rows += it.n;
     }
     const int64_t V = c.n_vocab;

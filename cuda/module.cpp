@@ -120,17 +120,21 @@ PYBIND11_MODULE(_cuda, m) {
             return c;
         });
 
-    m.def("forward", [](PyEngine& pe, std::vector<PySequence*> seqs, std::vector<IArrIn> tokens, std::vector<int> want) {
+    m.def("forward", [](PyEngine& pe, std::vector<PySequence*> seqs, std::vector<IArrIn> tokens, std::vector<int> want,
+                        std::vector<int> skip) {
         const size_t n = seqs.size();
         if (tokens.size() != n || want.size() != n)
             throw std::invalid_argument("forward: seqs, tokens and want must have the same length");
+        if (!skip.empty() && skip.size() != n) throw std::invalid_argument("forward: skip must be empty or one per item");
         std::vector<tgc::BatchItem> items(n);
         for (size_t i = 0; i < n; i++) {
             if (!seqs[i]) throw std::invalid_argument("forward: None is not a sequence");
             if (tokens[i].ndim() != 1) throw std::invalid_argument("forward: tokens must be 1-D");
             if (seqs[i]->e.get() != &pe) throw std::invalid_argument("forward: a sequence of another engine");
             if (want[i] < tg::WANT_NONE || want[i] > tg::WANT_ARGMAX) throw std::invalid_argument("forward: bad want code");
-            items[i] = {seqs[i]->s.get(), tokens[i].data(), (int)tokens[i].size(), want[i]};
+            items[i] = {seqs[i]->s.get(), tokens[i].data(), (int)tokens[i].size(), want[i], skip.empty() ? 0 : skip[i]};
+            if (items[i].skip != 0 && !(want[i] == tg::WANT_ALL && items[i].skip > 0 && items[i].skip < items[i].n))
+                throw std::invalid_argument("forward: skip needs want=all and 0 <= skip < len(tokens)");
         }
         FArrOut logits({(py::ssize_t)tg::logit_rows(items.data(), (int)n), (py::ssize_t)pe.cfg.n_vocab});
         py::array_t<int32_t> best((py::ssize_t)n), n_exact((py::ssize_t)n);
@@ -142,6 +146,6 @@ PYBIND11_MODULE(_cuda, m) {
             tgc::forward(*pe.engine, items.data(), (int)n, lp, bp, np_);
         }
         return py::make_tuple(logits, best, n_exact);
-    }, py::arg("engine"), py::arg("seqs"), py::arg("tokens"), py::arg("want"),
+    }, py::arg("engine"), py::arg("seqs"), py::arg("tokens"), py::arg("want"), py::arg("skip") = std::vector<int>{},
        "one forward over a batch (see tinygpt._cpu.forward)");
 }

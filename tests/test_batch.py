@@ -40,11 +40,14 @@ def solo_logits(m, ids, chunks):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "bfloat16a"])
 def test_mixed_batch_logits_bitwise_cpu(models, dtype):
-    """Random batches of 1..17 sequences, each step mixing prefill chunks and decode rows, sequences joining mid-way:
-    every sequence's logits equal bit for bit the logits it gets running alone with the same chunks."""
+    """Random batches of 1..17 sequences, each step mixing prefill chunks and decode rows, sequences joining mid-way,
+    each item asking for all its rows' logits, all but the first few (skip), the last row's, its argmax or nothing
+    (the last layer then runs on fewer rows): every sequence's logits equal bit for bit the logits it gets running
+    alone with the same chunks, asking for all of them."""
     m = models("cpu", dtype)
     rng = np.random.default_rng(7)
     V = m.config.n_vocab
+    seen_wants = set()
     for B in list(range(1, 18)):
         ids = [rng.integers(0, V, int(rng.integers(6, 40))) for _ in range(B)]
         # each sequence: a first chunk (prefill), then chunks of 1..3 tokens; it joins at a random step
@@ -69,15 +72,23 @@ def test_mixed_batch_logits_bitwise_cpu(models, dtype):
             if not run:
                 continue
             toks = [ids[i][rows[i]:rows[i] + plans[i][done[i]]] for i in run]
-            outs = m.backend.forward([seqs[i] for i in run], toks, ["all"] * len(run))
-            for i, o in zip(run, outs):
-                got[i].append(o)
+            wants = [str(rng.choice(["all", "all", "skip", "last", "none", "argmax"])) for _ in run]
+            skip = [int(rng.integers(1, len(t))) if w == "skip" and len(t) > 1 else 0 for w, t in zip(wants, toks)]
+            wants = ["all" if w == "skip" else w for w in wants]
+            outs = m.backend.forward([seqs[i] for i in run], toks, wants, skip=skip)
+            for i, o, w, k in zip(run, outs, wants, skip):
+                got[i].append((w, k, o))
                 rows[i] += plans[i][done[i]]
                 done[i] += 1
         for i in range(B):
             want = solo_logits(m, ids[i], plans[i])
-            for g, w in zip(got[i], want):
-                assert np.array_equal(g, w), f"B={B} sequence {i}: batched logits differ from solo"
+            for (w, k, g), full in zip(got[i], want):
+                expect = {"all": lambda: full[k:], "last": lambda: full[-1:], "none": lambda: None,
+                          "argmax": lambda: int(np.argmax(full[-1]))}[w]()
+                assert (g is None and expect is None) or np.array_equal(g, expect), \
+                    f"B={B} sequence {i} ({w}, skip {k}): batched logits differ from solo"
+        assert seen_wants.update(w for g in got for w, _, _ in g) or True
+    assert seen_wants == {"all", "last", "none", "argmax"}
 
 
 def test_prefill_then_decode_equals_full_recomputation_bitwise_cpu(models):
@@ -180,6 +191,14 @@ def test_forward_rejects_bad_batches(models):
         m.backend.forward([s], [[]], ["last"])
     with pytest.raises(tinygpt.ContextOverflowError):
         m.backend.forward([s], [np.zeros(m.config.n_ctx + 1, np.int32)], ["last"])
+    for want, skip in (("all", 2), ("all", -1), ("last", 1), ("all", True), ("all", 1.0)):
+        with pytest.raises(tinygpt.InvalidArgumentError, match="skip"):
+            m.backend.forward([s], [[1, 2]], [want], skip=[skip])
+    with pytest.raises(tinygpt.InvalidArgumentError, match="one length"):
+        m.backend.forward([s], [[1, 2]], ["all"], skip=[0, 0])
+    with pytest.raises(ValueError, match="skip"):  # the binding checks too
+        m.backend._cpu.forward(m.backend.engine, [s._s], [np.array([1, 2], np.int32)], [2], None, [2])
+    assert s.pos == 0
     other = models("numpy").backend.new_sequence()
     with pytest.raises(tinygpt.InvalidArgumentError):
         m.backend.forward([other], [[1]], ["last"])

@@ -127,6 +127,27 @@ def test_logits_reuses_its_sequence_exactly(models, backend):
     assert np.array_equal(y, long_) and not np.array_equal(other, long_)
 
 
+@pytest.mark.parametrize("dtype", [None, "bfloat16", "int8"])
+def test_logits_from_start_are_rows_of_the_full_call(models, backend, dtype):
+    """logits(ids, start) computes no logits for the context-only rows before start (scoring windows); the rows it
+    returns are those of logits(ids): bit for bit on cpu, within the model tolerance elsewhere."""
+    if dtype is not None and backend != "cpu":
+        pytest.skip("reduced-precision weights: the cpu backend's")
+    m = models(backend, "hf", dtype)
+    ids = DATA["ids"]
+    full = m.logits(ids).copy()
+    for start in (1, 5, len(ids) - 1):
+        got = m.logits(ids, start=start)
+        assert got.shape == (len(ids) - start, m.config.n_vocab)
+        if backend == "cpu":
+            assert np.array_equal(got, full[start:]), start
+        else:
+            np.testing.assert_allclose(got, full[start:], rtol=0, atol=MODEL_TOL["float32"] * np.abs(full).max())
+    for bad in (-1, len(ids), True, 1.5):
+        with pytest.raises(tinygpt.InvalidArgumentError, match="start"):
+            m.logits(ids, start=bad)
+
+
 def test_forward_out_is_checked(models, backend):
     if backend != "cpu":
         pytest.skip("forward(out=) is the cpu binding's (writes_out)")

@@ -78,9 +78,11 @@ def test_toy_each_target_scored_once_with_its_context(tiny_dir, prefix_eot):
     calls = []
     real = m.logits
 
-    def recording(x):
+    def recording(x, start=0):
         calls.append(list(x))
-        return real(x)
+        starts.append(start)
+        return real(x, start)
+    starts = []
     m.logits = recording
     try:
         s = m.score(ids, context=10, stride=5, prefix_eot=prefix_eot)
@@ -95,6 +97,9 @@ def test_toy_each_target_scored_once_with_its_context(tiny_dir, prefix_eot):
         want = [(0, 10, range(1, 11)), (5, 15, range(11, 16)), (9, 19, range(16, 20))]
         assert [c[0] for c in calls] == [1000, 1005, 1009]
     assert calls == [seq[b:e] for b, e, _ in want]
+    # only the rows that predict a window's targets get logits: the first row is that of its first target
+    assert starts == [r[0] + prefix_eot - 1 - b for b, _, r in want]
+    assert starts == ([0, 5, 5] if prefix_eot else [0, 5, 6])
     scored = [i for _, _, r in want for i in r]
     assert scored == sorted(set(scored))  # each once
     assert len(scored) == (20 if prefix_eot else 19)

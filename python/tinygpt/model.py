@@ -60,20 +60,25 @@ class Model:
             raise ContextOverflowError(f"{arr.size} tokens exceed the context length {self.config.n_ctx}")
         return arr.astype(np.int32)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits for every position, float32 [len(ids), n_vocab]; one full forward, no cache reuse."""
+    def logits(self, ids: Sequence[int], start: int = 0) -> np.ndarray:
+        """Logits for every position from `start` on, float32 [len(ids) - start, n_vocab]; one full forward, no
+        cache reuse. Positions before `start` are context only: their logits are not computed (with the LM head
+        that is ~30% of a forward), and the rows returned are bit for bit rows start.. of logits(ids) (cpu)."""
         ids = self._check_ids(ids)
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < ids.size:
+            raise InvalidArgumentError(f"start must be an integer in 0..{ids.size - 1}, got {start!r}")
+        start = int(start)
         if not self._logits_lock.acquire(blocking=False):
-            return self.backend.new_sequence().forward(ids, all_logits=True)
+            return self.backend.new_sequence().forward(ids, all_logits=True, skip=start)
         try:
             if self._logits_seq is None:
                 self._logits_seq = self.backend.new_sequence()
             self._logits_seq.reset()
             buf, self._logits_buf = self._logits_buf, None
             # reused only when nothing else refers to it (here: buf and getrefcount's argument)
-            if buf is not None and (buf.shape[0] != ids.size or sys.getrefcount(buf) > 2):
+            if buf is not None and (buf.shape[0] != ids.size - start or sys.getrefcount(buf) > 2):
                 buf = None
-            res = self._logits_seq.forward(ids, all_logits=True, out=buf)
+            res = self._logits_seq.forward(ids, all_logits=True, out=buf, skip=start)
             if self.backend.writes_out:
                 self._logits_buf = res if res.base is None else res.base
             return res

@@ -91,9 +91,7 @@ def _windows(model, seq: list[int], context: int, stride: int, progress, plan=No
     plan = plan_windows(len(seq), context, stride) if plan is None else plan
     total, done = sum(e - s for _, e, s in plan), 0
     for begin, end, start in plan:
-        logits = model.logits(seq[begin:end])
-        rows = logits[start - begin:end - begin]
-        del logits
+        rows = model.logits(seq[begin:end], start=start - begin)  # context-only rows get no logits
         yield start, rows, np.asarray(seq[start + 1:end + 1], np.int64)
         del rows
         done += end - start

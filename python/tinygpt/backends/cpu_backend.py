@@ -55,7 +55,7 @@ class CpuBackend(Backend):
     def new_sequence(self) -> NativeSequence:
         return NativeSequence(self, self._cpu.Sequence(self.engine))
 
-    def _forward(self, seqs, tokens, want, out=None):
+    def _forward(self, seqs, tokens, want, out=None, skip=None):
         if 3 in want:
             self.prepare_argmax()
-        return self._cpu.forward(self.engine, [s._s for s in seqs], tokens, want, out)
+        return self._cpu.forward(self.engine, [s._s for s in seqs], tokens, want, out, skip or [])

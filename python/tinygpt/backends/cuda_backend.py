@@ -54,5 +54,5 @@ class CudaBackend(Backend):
             if len(self._pool) < self.POOL_MAX:
                 self._pool.append(native)
 
-    def _forward(self, seqs, tokens, want, out=None):  # (writes_out is False: out is None)
-        return self._cuda.forward(self.engine, [s._s for s in seqs], tokens, want)
+    def _forward(self, seqs, tokens, want, out=None, skip=None):  # (writes_out is False: out is None)
+        return self._cuda.forward(self.engine, [s._s for s in seqs], tokens, want, skip or [])

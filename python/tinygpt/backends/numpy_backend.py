@@ -46,12 +46,12 @@ class NumpyBackend(Backend):
     def new_sequence(self) -> NumpySequence:
         return NumpySequence(self)
 
-    def _forward(self, seqs, tokens, want, out=None):  # (writes_out is False: out is None)
+    def _forward(self, seqs, tokens, want, out=None, skip=None):  # (writes_out is False: out is None)
         V = self.cfg.n_vocab
         rows, argmax_rows, r = [], [], 0
-        for t, w in zip(tokens, want):
+        for t, w, k in zip(tokens, want, skip or [0] * len(tokens)):
             if w == 2:
-                rows += range(r, r + t.size)
+                rows += range(r + k, r + t.size)
             elif w in (1, 3):
                 (rows if w == 1 else argmax_rows).append(r + t.size - 1)
             r += t.size

@@ -381,7 +381,8 @@ void matmul_bh(float* out, const float* inp, const bf16_t* W, const float* b, in
     for (int m = 0; m < M; m++) round_row_bh(A + (int64_t)m * K, inp + (int64_t)m * K, K);
     if (M <= SMALL_M) return bh::gemm_small<DotBH>(out, A, W, nullptr, b, M, N, K, flags);
     // Blocks of A rows (256 KB of bf16, in L2) times chunks of weight rows, as tasks taken in turn by whichever
-    // thread is free (block-major, so both threads share a block). Static halves per block left threads waiting
+    // thread is free (block-major, so both threads share a block); within a task, tiles of A rows meet L2-sized
+    // parts of the chunk (gemm_block_range), or for long rows (K > 5120) weight groups meet the tiles of A. Static halves per block left threads waiting
     // at barriers: a 1024-token forward took ~501 ms against ~483 (2 threads, Zen 5; the fp32 GEMM's 256-column
     // chunks gained nothing, so it keeps its static halves). Any split gives the same bits.
     const int nt = small_m_threads(N);
@@ -395,8 +396,12 @@ void matmul_bh(float* out, const float* inp, const bf16_t* W, const float* b, in
 #pragma omp for schedule(dynamic, 1)
         for (int t = 0; t < nb * nc; t++) {
             const int m0 = t / nc * MB, n0 = t % nc * CH;
-            bh::gemm_small_range<DotBH>(out + (int64_t)m0 * N, A + (int64_t)m0 * K, W, nullptr, b, imin(MB, M - m0), N,
-                                        K, flags, n0, imin(N, n0 + CH), sc);
+            if (bh::block_tile_rows<DotBH>(K) >= 4)
+                bh::gemm_block_range<DotBH>(out + (int64_t)m0 * N, A + (int64_t)m0 * K, W, b, imin(MB, M - m0), N, K,
+                                            flags, n0, imin(N, n0 + CH), sc);
+            else
+                bh::gemm_small_range<DotBH>(out + (int64_t)m0 * N, A + (int64_t)m0 * K, W, nullptr, b, imin(MB, M - m0),
+                                            N, K, flags, n0, imin(N, n0 + CH), sc);
         }
     }
 }

@@ -255,7 +255,12 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
     // 0.83-0.85 of OpenBLAS with 192 rows, 0.78 with 96, 0.71 with 48)
     const int MC = imax(MT_G, imin(192, (192 * 1024 / kp) / MT_G * MT_G));
     constexpr int KB = 24 * 1024 / (RG * VW * 4);  // steps per k-block: the packed weight group (24 KB) stays in L1
-    const size_t per_thread = (size_t)MC * NC + (size_t)MC * kp + (size_t)RG * kp + (size_t)MC * RG * VW;
+    // Long rows (small blocks of A, so many blocks): each thread packs its weight rows once and keeps them (in L3)
+    // for the later blocks, where that takes at most 8 MB per thread. K = 3072, N = 768, 2 threads, Zen 5: T = 1024
+    // 376 -> 392 GFLOP/s, T = 512 380 -> 389; at K = 768 (192-row blocks) it gained nothing.
+    const size_t rows_t = (size_t)(N + nt - 1) / nt;
+    const bool keep = M > MC && MC < 128 && rows_t * kp * sizeof(float) <= ((size_t)8 << 20);
+    const size_t per_thread = (size_t)MC * NC + (size_t)MC * kp + (keep ? rows_t : (size_t)RG) * kp + (size_t)MC * RG * VW;
     FloatScratch scratch(per_thread * nt);
 #pragma omp parallel num_threads(nt)
     {
@@ -264,7 +269,7 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
         float* C = scratch.p + per_thread * tid;
         float* Ap = C + (size_t)MC * NC;  // the A block, packed by MT_G-row tiles (each thread its own: no barrier)
         float* Wp = Ap + (size_t)MC * kp;
-        float* st = Wp + (size_t)RG * kp;  // accumulators between k-blocks: 1 vector per output
+        float* st = Wp + (keep ? rows_t : (size_t)RG) * kp;  // accumulators between k-blocks: 1 vector per output
         const WT* w[RG];
         for (int m0 = 0; m0 < M; m0 += MC) {
             const int mc = imin(MC, M - m0);
@@ -274,11 +279,14 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
                 const int nc = imin(NC, end - n0);
                 for (int j0 = 0; j0 < nc; j0 += RG) {  // RG weight rows against every tile of the A block
                     const int r = imin(RG, nc - j0);
+                    float* wp = keep ? Wp + (size_t)(n0 - beg + j0) * kp : Wp;
                     for (int j = 0; j < r; j++) w[j] = W + (int64_t)(n0 + j0 + j) * K;
-                    pack_w(Wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
+                    if (!keep || m0 == 0)
+                        pack_w(wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
                     // the next group's rows into L2 while this one computes: the packer then need not wait on
                     // L3/DRAM (it stalled for ~15% of a T = 512 GEMM)
-                    if (n0 + j0 + RG < end) {
+                    // (not the kept copy's next group: that was slower, 392 -> 381 GFLOP/s at K = 3072)
+                    if ((!keep || m0 == 0) && n0 + j0 + RG < end) {
                         const char* nx = (const char*)(W + (int64_t)(n0 + j0 + RG) * K);
                         const size_t bytes = (size_t)imin(RG, end - (n0 + j0 + RG)) * K * sizeof(WT);
                         for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o, 0, 2);
@@ -287,7 +295,7 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
                         const int p1 = imin(steps, p0 + KB);
                         for (int i0 = 0; i0 < mc; i0 += MT_G)
                             gemm_tiles(C + (size_t)i0 * NC + j0, NC, st + (size_t)i0 * RG * VW, Ap + (size_t)i0 * kp,
-                                       imin(MT_G, mc - i0), Wp, r, p0, p1, p0 == 0, p1 == steps);
+                                       imin(MT_G, mc - i0), wp, r, p0, p1, p0 == 0, p1 == steps);
                     }
                 }
                 for (int m = 0; m < mc; m++)

@@ -2,7 +2,11 @@
 "logprobs within 1e-4 of transformers' at the 124M shape"): tinygpt cpu and numpy fp32, and transformers fp32,
 each against transformers run in float64 on the same weights and tokens.
 
-    python bench/precision_fp64.py [-t TOKENS] [--threads N]     (needs torch and transformers)
+    python bench/precision_fp64.py [-t TOKENS] [--threads N] [--init bench|gpt2]     (needs torch and transformers)
+
+--init gpt2: transformers' own initialisation instead (N(0, 0.02), c_proj / sqrt(2 n_layer)), with N(0, 0.02)
+biases and norm gains and ln_f's gain x8 (peaked distributions): the checkpoint of
+tests/test_parity_hf.py::test_logprobs_at_124m_shape, where every float32 implementation is within ~1e-4.
 
 Prints per implementation the largest |logprob - float64 logprob| and |logit - float64 logit| over all positions
 and the whole vocabulary, and the largest logprob difference between tinygpt cpu and transformers fp32. On
@@ -32,6 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-t", "--tokens", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--init", choices=["bench", "gpt2"], default="bench")
     a = ap.parse_args()
     import torch
     import transformers
@@ -41,8 +46,23 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        d = write_hf_dir(Path(tmp) / "gpt2-124M", dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024,
-                                                        vocab_size=50257), seed=1)
+        if a.init == "bench":
+            d = write_hf_dir(Path(tmp) / "gpt2-124M", dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024,
+                                                            vocab_size=50257), seed=1)
+        else:
+            import shutil
+            from tiny_model import vocab_dir
+            torch.manual_seed(1)
+            model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.endswith("bias") or ".ln_" in name:
+                        p.add_(torch.randn_like(p) * 0.02)
+                model.transformer.ln_f.weight.mul_(8.0)
+            d = Path(tmp) / "gpt2-124M"
+            model.save_pretrained(d, safe_serialization=True)
+            shutil.copyfile(vocab_dir() / "encoder.json", d / "vocab.json")
+            shutil.copyfile(vocab_dir() / "vocab.bpe", d / "merges.txt")
         ids = np.random.default_rng(0).integers(0, 50000, a.tokens)
         hf = transformers.GPT2LMHeadModel.from_pretrained(str(d)).eval()
         with torch.inference_mode():

@@ -389,10 +389,11 @@ void matmul_bh(float* out, const float* inp, const bf16_t* W, const float* b, in
     for (int m = 0; m < M; m++) round_row_bh(A + (int64_t)m * K, inp + (int64_t)m * K, K);
     if (M <= SMALL_M) return bh::gemm_small<DotBH>(out, A, W, nullptr, b, M, N, K, flags);
     // Blocks of A rows (256 KB of bf16, in L2) times chunks of weight rows, as tasks taken in turn by whichever
-    // thread is free (block-major, so both threads share a block); within a task, tiles of A rows meet L2-sized
-    // parts of the chunk (gemm_block_range), or for long rows (K > 5120) weight groups meet the tiles of A. Static halves per block left threads waiting
+    // thread is free (block-major, so both threads share a block). Static halves per block left threads waiting
     // at barriers: a 1024-token forward took ~501 ms against ~483 (2 threads, Zen 5; the fp32 GEMM's 256-column
-    // chunks gained nothing, so it keeps its static halves). Any split gives the same bits.
+    // chunks gained nothing, so it keeps its static halves). Within a task, tiles of A rows meet L2-sized parts of
+    // the chunk (gemm_block_range); for long rows (K > 5120) weight groups meet the tiles of A (gemm_small_range).
+    // Any split and either order give the same bits.
     const int nt = small_m_threads(N);
     const int MB = imax(MT_MAX, (128 * 1024 / imax(1, K)) / MT_MAX * MT_MAX);
     const int CH = imax(G, (N + 4 * nt - 1) / (4 * nt) / G * G);  // ~4 chunks per thread and block

@@ -87,8 +87,8 @@ def test_mixed_batch_logits_bitwise_cpu(models, dtype):
                           "argmax": lambda: int(np.argmax(full[-1]))}[w]()
                 assert (g is None and expect is None) or np.array_equal(g, expect), \
                     f"B={B} sequence {i} ({w}, skip {k}): batched logits differ from solo"
-        assert seen_wants.update(w for g in got for w, _, _ in g) or True
-    assert seen_wants == {"all", "last", "none", "argmax"}
+        seen_wants.update("skip" if k else w for g in got for w, k, _ in g)
+    assert seen_wants == {"all", "skip", "last", "none", "argmax"}
 
 
 def test_prefill_then_decode_equals_full_recomputation_bitwise_cpu(models):

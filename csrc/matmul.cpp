@@ -271,6 +271,8 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
         float* Wp = Ap + (size_t)MC * kp;
         float* st = Wp + (keep ? rows_t : (size_t)RG) * kp;  // accumulators between k-blocks: 1 vector per output
         const WT* w[RG];
+        // (a team smaller than nt would give this thread more rows than its kept copy holds: pack per block then)
+        const bool kept = keep && (size_t)(end - beg) <= rows_t;
         for (int m0 = 0; m0 < M; m0 += MC) {
             const int mc = imin(MC, M - m0);
             for (int i0 = 0; i0 < mc; i0 += MT_G)
@@ -279,14 +281,14 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
                 const int nc = imin(NC, end - n0);
                 for (int j0 = 0; j0 < nc; j0 += RG) {  // RG weight rows against every tile of the A block
                     const int r = imin(RG, nc - j0);
-                    float* wp = keep ? Wp + (size_t)(n0 - beg + j0) * kp : Wp;
+                    float* wp = kept ? Wp + (size_t)(n0 - beg + j0) * kp : Wp;
                     for (int j = 0; j < r; j++) w[j] = W + (int64_t)(n0 + j0 + j) * K;
-                    if (!keep || m0 == 0)
+                    if (!kept || m0 == 0)
                         pack_w(wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
                     // the next group's rows into L2 while this one computes: the packer then need not wait on
                     // L3/DRAM (it stalled for ~15% of a T = 512 GEMM)
                     // (not the kept copy's next group: that was slower, 392 -> 381 GFLOP/s at K = 3072)
-                    if ((!keep || m0 == 0) && n0 + j0 + RG < end) {
+                    if ((!kept || m0 == 0) && n0 + j0 + RG < end) {
                         const char* nx = (const char*)(W + (int64_t)(n0 + j0 + RG) * K);
                         const size_t bytes = (size_t)imin(RG, end - (n0 + j0 + RG)) * K * sizeof(WT);
                         for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o, 0, 2);

@@ -172,3 +172,42 @@ def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
             np.testing.assert_array_equal(run(rows, threads=int(rng.integers(1, 3))), full[rows],
                                           err_msg=f"sub-batch of {len(rows)}")
             at += n
+
+
+_TEAM_SCRIPT = """
+import sys, numpy as np
+from tinygpt import _cpu
+rng = np.random.default_rng(0)
+res = []
+for M, N, K, dt in ((4, 301, 203, "float32"), (40, 45, 6000, "float32"), (4, 301, 203, "bfloat16a"),
+                    (40, 301, 203, "bfloat16a")):
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    if dt == "bfloat16a":
+        w = (w.view(np.uint32) >> 16).astype(np.uint16)
+    out = rng.standard_normal((M, N)).astype(np.float32)
+    _cpu.matmul(out, x, w, None, 2, dt)  # accumulate: the small-M driver's per-thread scratch
+    res.append(out.ravel())
+np.save(sys.argv[1], np.concatenate(res))
+"""
+
+
+def test_matmul_cpu_team_smaller_than_asked(tmp_path):
+    """OpenMP may run a region with fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC, a nested region):
+    each thread then takes a longer range of columns than the per-thread buffers were sized for from the asked
+    count (the fp32 GEMM's kept weight copy: without its guard this fails), and the values are the same bits."""
+    pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
+    import os
+    import subprocess
+    import sys
+    got = {}
+    for name, limit in (("full", None), ("one", "1")):
+        env = dict(os.environ, TINYGPT_NUM_THREADS="2")
+        env.pop("OMP_THREAD_LIMIT", None)
+        if limit:
+            env["OMP_THREAD_LIMIT"] = limit
+        r = subprocess.run([sys.executable, "-c", _TEAM_SCRIPT, str(tmp_path / f"{name}.npy")], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got[name] = np.load(tmp_path / f"{name}.npy")
+    assert np.array_equal(got["full"], got["one"])

@@ -2,9 +2,9 @@
 additive sums and a KL comparison against a base model (`perplexity`), and one decode row's logprob
 (`token_logprob`, for logprobs while generating).
 
-Built only on `Model.logits(ids)` (one forward, no cache). Logprobs are float64: logit - float64 log-sum-exp of
-its row, a few rows at a time, so beyond the caller's results at most one window of float32 logits (per model) is
-alive.
+Built only on `Model.logits(ids, start)` (one forward, no cache; the rows before `start` are a window's context
+and get no logits). Logprobs are float64: logit - float64 log-sum-exp of its row, a few rows at a time, so beyond
+the caller's results at most one window of float32 logits (per model) is alive.
 
 Windowing (shared by score and perplexity). `seq` is the token list, with `<|endoftext|>` in front when
 prefix_eot (then every input token is a target; without it the first token is context only). A target at

@@ -137,17 +137,26 @@ def bench_score_forward(benchmark, model_dir, tmp_path_factory):
 
 
 # -- perplexity runners: () -> perplexity -----------------------------------------------------------
+def _hf_windows(seq_len):
+    """The documented recipe's windows: (begin, end, trg_len), trg_len = the tokens not scored before."""
+    prev_end = 0
+    for begin in range(0, seq_len, STRIDE):
+        end = min(begin + CONTEXT, seq_len)
+        yield begin, end, end - prev_end
+        prev_end = end
+        if end == seq_len:
+            break
+
+
 def hf_strided(path, ids, dtype):
     """transformers' documented recipe (docs/source/en/perplexity.md), with its num_valid_tokens weighting."""
     torch, model = _hf_model(path, dtype)
     enc = torch.tensor([ids])
 
     def run():
-        seq_len, nll_sum, n_tokens, prev_end = enc.size(1), 0.0, 0, 0
+        nll_sum, n_tokens = 0.0, 0
         with torch.inference_mode():
-            for begin in range(0, seq_len, STRIDE):
-                end = min(begin + CONTEXT, seq_len)
-                trg_len = end - prev_end
+            for begin, end, trg_len in _hf_windows(enc.size(1)):
                 input_ids = enc[:, begin:end]
                 target_ids = input_ids.clone()
                 target_ids[:, :-trg_len] = -100
@@ -155,9 +164,6 @@ def hf_strided(path, ids, dtype):
                 n_valid = int((target_ids != -100).sum()) - target_ids.size(0)
                 nll_sum += float(loss) * n_valid
                 n_tokens += n_valid
-                prev_end = end
-                if end == seq_len:
-                    break
         return float(np.exp(nll_sum / n_tokens))
     return run
 
@@ -170,20 +176,15 @@ def hf_strided_kept(path, ids, dtype):
     F = torch.nn.functional
 
     def run():
-        seq_len, nll_sum, n_tokens, prev_end = enc.size(1), 0.0, 0, 0
+        nll_sum, n_tokens = 0.0, 0
         with torch.inference_mode():
-            for begin in range(0, seq_len, STRIDE):
-                end = min(begin + CONTEXT, seq_len)
-                trg_len = end - prev_end
+            for begin, end, trg_len in _hf_windows(enc.size(1)):
                 input_ids = enc[:, begin:end]
                 keep = min(trg_len + 1, input_ids.size(1))  # rows end-keep .. end-1; the last predicts nothing
                 logits = model(input_ids, logits_to_keep=keep).logits[0, :-1].float()
                 targets = input_ids[0, input_ids.size(1) - keep + 1:]
                 nll_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
                 n_tokens += targets.numel()
-                prev_end = end
-                if end == seq_len:
-                    break
         return float(np.exp(nll_sum / n_tokens))
     return run
 

@@ -26,12 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
-def log_softmax64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-t", "--tokens", type=int, default=1024)
@@ -42,7 +36,7 @@ def main() -> None:
     import transformers
 
     import tinygpt
-    from tiny_model import write_hf_dir
+    from tiny_model import gpt2_init_124m, log_softmax64, save_hf_model, write_hf_dir
     if a.threads:
         torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,19 +44,7 @@ def main() -> None:
             d = write_hf_dir(Path(tmp) / "gpt2-124M", dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024,
                                                             vocab_size=50257), seed=1)
         else:
-            import shutil
-            from tiny_model import vocab_dir
-            torch.manual_seed(1)
-            model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    if name.endswith("bias") or ".ln_" in name:
-                        p.add_(torch.randn_like(p) * 0.02)
-                model.transformer.ln_f.weight.mul_(8.0)
-            d = Path(tmp) / "gpt2-124M"
-            model.save_pretrained(d, safe_serialization=True)
-            shutil.copyfile(vocab_dir() / "encoder.json", d / "vocab.json")
-            shutil.copyfile(vocab_dir() / "vocab.bpe", d / "merges.txt")
+            d = save_hf_model(gpt2_init_124m(torch, transformers), Path(tmp) / "gpt2-124M")
         ids = np.random.default_rng(0).integers(0, 50000, a.tokens)
         hf = transformers.GPT2LMHeadModel.from_pretrained(str(d)).eval()
         with torch.inference_mode():

@@ -10,7 +10,7 @@ import pytest
 
 import tinygpt
 from conftest import CI, MODEL_TOL
-from tiny_model import vocab_dir
+from tiny_model import gpt2_init_124m, log_softmax64, save_hf_model
 
 pytestmark = pytest.mark.parity
 
@@ -25,7 +25,6 @@ def _need(mod):
 def hf_saved(tmp_path_factory):
     torch = _need("torch")
     transformers = _need("transformers")
-    import shutil
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=3, n_head=4, n_embd=64, n_positions=160, vocab_size=50257)
     model = transformers.GPT2LMHeadModel(cfg).eval()
@@ -34,11 +33,7 @@ def hf_saved(tmp_path_factory):
             if name.endswith("weight") and any(k in name for k in ("c_attn", "c_proj", "c_fc", "wpe")):
                 p.mul_(6.0)
         model.transformer.ln_f.weight.mul_(20.0)
-    d = tmp_path_factory.mktemp("hf") / "saved"
-    model.save_pretrained(d, safe_serialization=True)
-    v = vocab_dir()
-    shutil.copyfile(v / "encoder.json", d / "vocab.json")
-    shutil.copyfile(v / "vocab.bpe", d / "merges.txt")
+    d = save_hf_model(model, tmp_path_factory.mktemp("hf") / "saved")
     return d, model, torch
 
 
@@ -106,36 +101,17 @@ def test_malicious_pickle_refused(tmp_path, hf_saved):
 
 @pytest.fixture(scope="module")
 def hf_124m(tmp_path_factory):
-    """GPT-2 124M's shape with transformers' own initialisation (N(0, 0.02), c_proj scaled by 1/sqrt(2 n_layer)),
-    plus N(0, 0.02) biases and norm gains so that those are exercised, and ln_f's gain x8 so that distributions
-    are peaked like a trained model's (logits ~ +-24, mean top probability ~0.28). The bench checkpoints' large
-    random weights are ill-conditioned at this size: no float32 implementation is within 1e-4 of float64 there
-    (bench/precision_fp64.py)."""
+    """tiny_model.gpt2_init_124m saved with its vocabulary, 1024 random ids and transformers' fp32 logits. The
+    bench checkpoints' large random weights are ill-conditioned at this size: no float32 implementation is within
+    1e-4 of float64 there (bench/precision_fp64.py)."""
     torch = _need("torch")
     transformers = _need("transformers")
-    import shutil
-    torch.manual_seed(1)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(torch.randn_like(p) * 0.02)
-        model.transformer.ln_f.weight.mul_(8.0)
-    d = tmp_path_factory.mktemp("hf124m") / "saved"
-    model.save_pretrained(d, safe_serialization=True)
-    v = vocab_dir()
-    shutil.copyfile(v / "encoder.json", d / "vocab.json")
-    shutil.copyfile(v / "vocab.bpe", d / "merges.txt")
+    model = gpt2_init_124m(torch, transformers)
+    d = save_hf_model(model, tmp_path_factory.mktemp("hf124m") / "saved")
     ids = np.random.default_rng(0).integers(0, 50000, 1024)
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)[None]).logits[0].numpy()
     return d, ids, ref
-
-
-def _log_softmax64(x):
-    x = x.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
 
 
 def test_logprobs_at_124m_shape(hf_124m, backend):
@@ -145,8 +121,8 @@ def test_logprobs_at_124m_shape(hf_124m, backend):
         pytest.skip("cuda: unverified here (no GPU); its tolerance is MODEL_TOL per logit")
     d, ids, ref = hf_124m
     m = tinygpt.load(d, backend=backend)
-    want = _log_softmax64(ref)
+    want = log_softmax64(ref)
     assert np.exp(want.max(axis=1)).mean() > 0.2  # peaked distributions, not near-uniform ones
-    assert np.abs(_log_softmax64(m.logits(ids)) - want).max() <= 1e-4
+    assert np.abs(log_softmax64(m.logits(ids)) - want).max() <= 1e-4
     s = m.score(ids.tolist(), prefix_eot=False)  # the first token is context only
     np.testing.assert_allclose(s.logprobs[1:], want[np.arange(1023), ids[1:]], rtol=0, atol=1e-4)

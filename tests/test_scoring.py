@@ -12,6 +12,7 @@ import pytest
 
 import tinygpt
 from tinygpt.scoring import plan_windows, token_logprob
+from tiny_model import log_softmax64
 
 EOT = 50256
 TEXT = ("In 1905 Einstein published four papers. Ünïcödé: naïve café, 日本語のテキスト, emoji 🙂🚀👩‍👩‍👧, "
@@ -33,12 +34,6 @@ def model(tiny_dir, backend):
 
 
 # -- oracles ----------------------------------------------------------------------------------------
-def log_softmax64(x):
-    x = np.asarray(x, np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
 def window_of(t, n_seq, C, S):
     """Independent statement of the rule, per target position t (1-based in seq): the window whose end is the
     first of C, C+S, C+2S, ... (capped at n_seq-1) that reaches t; it starts C tokens before its end."""

@@ -116,3 +116,34 @@ def write_hf_dir(out: Path, cfg: dict | None = None, seed: int = 0, *, prefix: s
         shutil.copyfile(v / "encoder.json", out / "vocab.json")
         shutil.copyfile(v / "vocab.bpe", out / "merges.txt")
     return out
+
+
+def log_softmax64(x) -> np.ndarray:
+    """float64 log-softmax over the last axis (the oracle the scoring and parity checks compare against)."""
+    x = np.asarray(x, np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def save_hf_model(model, out: Path) -> Path:
+    """A transformers model saved as safetensors, with the GPT-2 vocabulary files beside it."""
+    out = Path(out)
+    model.save_pretrained(out, safe_serialization=True)
+    v = vocab_dir()
+    shutil.copyfile(v / "encoder.json", out / "vocab.json")
+    shutil.copyfile(v / "vocab.bpe", out / "merges.txt")
+    return out
+
+
+def gpt2_init_124m(torch, transformers, seed: int = 1):
+    """GPT-2 124M (the default GPT2Config) with transformers' own initialisation (N(0, 0.02), c_proj scaled by
+    1/sqrt(2 n_layer)), plus N(0, 0.02) biases and norm gains so that those are exercised, and ln_f's gain x8 so
+    that distributions are peaked like a trained model's (logits ~ +-25, mean top probability ~0.28)."""
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.02)
+        model.transformer.ln_f.weight.mul_(8.0)
+    return model

@@ -95,9 +95,9 @@ static inline void hsum4(const V* v, float* out) {
 // s[j] = hsum(acc[j]) for R accumulators, 4 at a time where possible (the same bits either way).
 template <int R>
 static inline void hsum_row(const V* acc, float* s) {
-    int j = 0;
-    for (; j + 4 <= R; j += 4) hsum4(acc + j, s + j);
-    for (; j < R; j++) s[j] = hsum(acc[j]);
+    constexpr int R4 = R / 4 * 4;
+    TG_UNROLL for (int j = 0; j < R4; j += 4) hsum4(acc + j, s + j);
+    TG_UNROLL for (int j = R4; j < R; j++) s[j] = hsum(acc[j]);
 }
 
 // p[0:n] (n < VW) and zeros, as a vector of floats.
@@ -145,6 +145,27 @@ struct FloatScratch {  // per-call scratch, allocated outside parallel regions s
     ~FloatScratch() { std::free(p); }
 };
 
+// The prefill GEMM's scratch (packed A block and weight chunk, up to ~18 MB), kept per calling thread and grown
+// when a call needs more: allocating it per call returned it to the kernel and page-faulted it back in on the
+// next call, which cost up to ~30% of a T = 512 GEMM.
+float* gemm_workspace(size_t n) {
+    struct Ws {
+        float* p = nullptr;
+        size_t n = 0;
+        ~Ws() { std::free(p); }
+    };
+    static thread_local Ws ws;
+    if (n > ws.n) {
+        std::free(ws.p);
+        ws.n = 0;
+        const size_t bytes = (n * sizeof(float) + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+        ws.p = (float*)std::aligned_alloc(2u << 20, bytes);
+        if (!ws.p) throw std::bad_alloc();
+        ws.n = n;
+    }
+    return ws.p;
+}
+
 // The arithmetic of a dot product, by operand types. Float activations, weights WT widened to float (exact):
 // steps of VW k's, one FMA per step.
 template <typename WT_>
@@ -187,46 +208,49 @@ inline void pack_a(float* Ap, const float* A, int mt, int K) {
     }
 }
 
-// tile's arithmetic on packed operands over steps [p0, p1): the accumulators start from zero (first) or from
-// st, and end in st, or (fin) reduced: s[i * R + j] = hsum(acc). Storing a vector accumulator and loading it
-// back is exact, so blocking K changes nothing. st: [MT][R][VW]; ap: [step][MT][VW]; wp: [step][rw][VW].
-template <int MT, int R>
-inline void gemm_tile(float* s, float* st, const float* ap, const float* wp, int rw, int p0, int p1, bool first,
-                      bool fin) {
+// tile's arithmetic on packed operands over steps [p0, p1): the accumulators start from zero (FIRST) or from
+// st, and end in st, or (FIN) reduced into C[i * ldc + j] = hsum(acc[i][j]). Storing a vector accumulator and
+// loading it back is exact, so blocking K changes nothing. st: [MT][R][VW]; ap: [step][MT][VW]; wp: [step][rw][VW].
+// (FIRST and FIN are template arguments so that the accumulators stay in registers from start to end: with
+// run-time flags GCC built them on the stack and copied them in and out, ~10% of a K = 768 GEMM.)
+template <int MT, int R, bool FIRST, bool FIN>
+void gemm_tile(float* C, int ldc, float* st, const float* ap, const float* wp, int rw, int p0, int p1) {
     V acc[MT][R];
-    for (int i = 0; i < MT; i++)
-        for (int j = 0; j < R; j++) acc[i][j] = first ? vzero() : vload(st + (i * R + j) * VW);
+    TG_UNROLL for (int i = 0; i < MT; i++)
+        TG_UNROLL for (int j = 0; j < R; j++) acc[i][j] = FIRST ? vzero() : vload(st + (i * R + j) * VW);
     for (int p = p0; p < p1; p++) {
         const float* a = ap + (size_t)p * MT * VW;
         const float* w = wp + (size_t)p * rw * VW;
         step<DotF<float>, MT, R>(acc, [&](int i) { return vload(a + i * VW); }, [&](int j) { return vload(w + j * VW); });
     }
-    if (fin)
+    if (FIN) {
+        float s[MT * R];
         hsum_row<MT * R>(&acc[0][0], s);
-    else
-        for (int i = 0; i < MT; i++)
-            for (int j = 0; j < R; j++) vstore(st + (i * R + j) * VW, acc[i][j]);
+        TG_UNROLL for (int i = 0; i < MT; i++)
+            TG_UNROLL for (int j = 0; j < R; j++) C[(size_t)i * ldc + j] = s[i * R + j];
+    } else {
+        TG_UNROLL for (int i = 0; i < MT; i++)
+            TG_UNROLL for (int j = 0; j < R; j++) vstore(st + (i * R + j) * VW, acc[i][j]);
+    }
+}
+
+template <int MT, int R>
+inline void gemm_tile_fl(float* C, int ldc, float* st, const float* ap, const float* wp, int rw, int p0, int p1,
+                         bool first, bool fin) {
+    if (first && fin) gemm_tile<MT, R, true, true>(C, ldc, st, ap, wp, rw, p0, p1);
+    else if (first) gemm_tile<MT, R, true, false>(C, ldc, st, ap, wp, rw, p0, p1);
+    else if (fin) gemm_tile<MT, R, false, true>(C, ldc, st, ap, wp, rw, p0, p1);
+    else gemm_tile<MT, R, false, false>(C, ldc, st, ap, wp, rw, p0, p1);
 }
 
 template <int MT>
 inline void gemm_tiles_mt(float* C, int ldc, float* st, const float* ap, const float* wp, int r, int p0, int p1,
                           bool first, bool fin) {
-    float s[MT * RG];
     int j0 = 0;
-    auto put = [&](int rr) {
-        if (fin)
-            for (int i = 0; i < MT; i++)
-                for (int j = 0; j < rr; j++) C[(size_t)i * ldc + j0 + j] = s[i * rr + j];
-        j0 += rr;
-    };
-    for (; j0 + RG <= r;) {
-        gemm_tile<MT, RG>(s, st + (size_t)j0 * MT * VW, ap, wp + j0 * VW, r, p0, p1, first, fin);
-        put(RG);
-    }
-    for (; j0 < r;) {
-        gemm_tile<MT, 1>(s, st + (size_t)j0 * MT * VW, ap, wp + j0 * VW, r, p0, p1, first, fin);
-        put(1);
-    }
+    for (; j0 + RG <= r; j0 += RG)
+        gemm_tile_fl<MT, RG>(C + j0, ldc, st + (size_t)j0 * MT * VW, ap, wp + j0 * VW, r, p0, p1, first, fin);
+    for (; j0 < r; j0++)
+        gemm_tile_fl<MT, 1>(C + j0, ldc, st + (size_t)j0 * MT * VW, ap, wp + j0 * VW, r, p0, p1, first, fin);
 }
 
 // C[i * ldc + j] for an mt x r block (mt <= MT_G, r <= RG), steps [p0, p1) (see gemm_tile); st: mt * r vectors.
@@ -245,64 +269,74 @@ inline void gemm_tiles(float* C, int ldc, float* st, const float* ap, int mt, co
 }
 
 // ---- larger M: blocks of A rows (L2) by groups of W rows (L1) ------------------------------------------
+// Each thread takes a contiguous part of the columns, in chunks of up to 8 MB of packed weight rows (L3). A chunk
+// is packed once, by the first block of A rows, and kept for the later blocks: the weights then come from DRAM
+// once per call, not once per block.
 template <typename WT>
 void gemm(float* out, const float* A, const WT* W, const float* ws, const float* b, int M, int N, int K,
           int flags) {
     const int nt = imin(tg::num_threads(), imax(1, N / 16));
     const int kp = (K + VW - 1) / VW * VW, steps = kp / VW;
-    // rows of A per block: the packed block stays in L2 (<= 768 KB) while the thread's weight rows pass over it;
-    // each block re-packs the weights, so larger is better while it fits (T = 512, K = 768, 1 thread, Zen 5:
-    // 0.83-0.85 of OpenBLAS with 192 rows, 0.78 with 96, 0.71 with 48)
-    const int MC = imax(MT_G, imin(192, (192 * 1024 / kp) / MT_G * MT_G));
+    // rows of A per block: the packed block stays in L2 (<= 768 KB) while the thread's weight rows pass over it
+    // (T = 512, K = 768, 1 thread, Zen 5: 0.83-0.85 of OpenBLAS with 192 rows, 0.78 with 96, 0.71 with 48, when
+    // each block re-packed the weights). Blocks of near-equal size, so that none is a short remainder.
+    const int MCMAX = imax(MT_G, imin(192, (192 * 1024 / kp) / MT_G * MT_G));
+    const int nb = (M + MCMAX - 1) / MCMAX;
+    const int MC = ((M + nb - 1) / nb + MT_G - 1) / MT_G * MT_G;
     constexpr int KB = 24 * 1024 / (RG * VW * 4);  // steps per k-block: the packed weight group (24 KB) stays in L1
-    // Long rows (small blocks of A, so many blocks): each thread packs its weight rows once and keeps them (in L3)
-    // for the later blocks, where that takes at most 8 MB per thread. K = 3072, N = 768, 2 threads, Zen 5: T = 1024
-    // 376 -> 392 GFLOP/s, T = 512 380 -> 389; at K = 768 (192-row blocks) it gained nothing.
-    const size_t rows_t = (size_t)(N + nt - 1) / nt;
-    const bool keep = M > MC && MC < 128 && rows_t * kp * sizeof(float) <= ((size_t)8 << 20);
-    const size_t per_thread = (size_t)MC * NC + (size_t)MC * kp + (keep ? rows_t : (size_t)RG) * kp + (size_t)MC * RG * VW;
-    FloatScratch scratch(per_thread * nt);
+    // weight rows per chunk: up to 8 MB packed per thread, less with many threads (their chunks share the L3)
+    const size_t ch_bytes = std::min<size_t>((size_t)8 << 20, std::max<size_t>((size_t)1 << 20, ((size_t)16 << 20) / nt));
+    const int CH = imax(RG, (int)(ch_bytes / ((size_t)kp * sizeof(float))) / RG * RG);
+    const int wrows = imin(CH, (N + RG - 1) / RG * RG);  // the packed chunk's rows (no chunk is longer)
+    const bool accum = flags & tg::ACCUM;  // (otherwise the sums go straight into out, the epilogue in place)
+    const size_t per_thread = (accum ? (size_t)MC * NC : 0) + (size_t)MC * kp + (size_t)wrows * kp + (size_t)MC * RG * VW;
+    float* scratch = gemm_workspace(per_thread * nt);
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const int beg = (int)((int64_t)N * tid / nth), end = (int)((int64_t)N * (tid + 1) / nth);
-        float* C = scratch.p + per_thread * tid;
-        float* Ap = C + (size_t)MC * NC;  // the A block, packed by MT_G-row tiles (each thread its own: no barrier)
-        float* Wp = Ap + (size_t)MC * kp;
-        float* st = Wp + (keep ? rows_t : (size_t)RG) * kp;  // accumulators between k-blocks: 1 vector per output
+        float* Cs = scratch + per_thread * tid;
+        float* Ap = Cs + (accum ? (size_t)MC * NC : 0);  // the A block, packed by MT_G-row tiles (each thread its own)
+        float* Wp = Ap + (size_t)MC * kp;                 // this chunk's weight rows, packed by groups of RG
+        float* st = Wp + (size_t)wrows * kp;               // accumulators between k-blocks: 1 vector per output
         const WT* w[RG];
-        // (a team smaller than nt would give this thread more rows than its kept copy holds: pack per block then)
-        const bool kept = keep && (size_t)(end - beg) <= rows_t;
-        for (int m0 = 0; m0 < M; m0 += MC) {
-            const int mc = imin(MC, M - m0);
-            for (int i0 = 0; i0 < mc; i0 += MT_G)
-                pack_a(Ap + (size_t)i0 * kp, A + (int64_t)(m0 + i0) * K, imin(MT_G, mc - i0), K);
-            for (int n0 = beg; n0 < end; n0 += NC) {
-                const int nc = imin(NC, end - n0);
-                for (int j0 = 0; j0 < nc; j0 += RG) {  // RG weight rows against every tile of the A block
-                    const int r = imin(RG, nc - j0);
-                    float* wp = kept ? Wp + (size_t)(n0 - beg + j0) * kp : Wp;
-                    for (int j = 0; j < r; j++) w[j] = W + (int64_t)(n0 + j0 + j) * K;
-                    if (!kept || m0 == 0)
-                        pack_w(wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
-                    // the next group's rows into L2 while this one computes: the packer then need not wait on
-                    // L3/DRAM (it stalled for ~15% of a T = 512 GEMM)
-                    // (not the kept copy's next group: that was slower, 392 -> 381 GFLOP/s at K = 3072)
-                    if ((!kept || m0 == 0) && n0 + j0 + RG < end) {
-                        const char* nx = (const char*)(W + (int64_t)(n0 + j0 + RG) * K);
-                        const size_t bytes = (size_t)imin(RG, end - (n0 + j0 + RG)) * K * sizeof(WT);
-                        for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o, 0, 2);
+        for (int c0 = beg; c0 < end; c0 += CH) {
+            const int ce = imin(end, c0 + CH);
+            for (int m0 = 0; m0 < M; m0 += MC) {
+                const int mc = imin(MC, M - m0);
+                for (int i0 = 0; i0 < mc; i0 += MT_G)
+                    pack_a(Ap + (size_t)i0 * kp, A + (int64_t)(m0 + i0) * K, imin(MT_G, mc - i0), K);
+                for (int n0 = c0; n0 < ce; n0 += NC) {
+                    const int nc = imin(NC, ce - n0);
+                    float* C = accum ? Cs : out + (int64_t)m0 * N + n0;
+                    const int ldc = accum ? NC : N;
+                    for (int j0 = 0; j0 < nc; j0 += RG) {  // RG weight rows against every tile of the A block
+                        const int r = imin(RG, nc - j0);
+                        float* wp = Wp + (size_t)(n0 - c0 + j0) * kp;
+                        if (m0 == 0) {
+                            for (int j = 0; j < r; j++) w[j] = W + (int64_t)(n0 + j0 + j) * K;
+                            pack_w(wp, w, r, K);  // aligned floats, f16/bf16/int8 widened once for all tiles
+                            // the next group's rows into L2 while this one computes: the packer then need not wait
+                            // on L3/DRAM (it stalled for ~15% of a T = 512 GEMM)
+                            if (n0 + j0 + RG < ce) {
+                                const char* nx = (const char*)(W + (int64_t)(n0 + j0 + RG) * K);
+                                const size_t bytes = (size_t)imin(RG, ce - (n0 + j0 + RG)) * K * sizeof(WT);
+                                for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o, 0, 2);
+                            }
+                        }
+                        for (int p0 = 0; p0 < steps; p0 += KB) {
+                            const int p1 = imin(steps, p0 + KB);
+                            for (int i0 = 0; i0 < mc; i0 += MT_G)
+                                gemm_tiles(C + (size_t)i0 * ldc + j0, ldc, st + (size_t)i0 * RG * VW,
+                                           Ap + (size_t)i0 * kp, imin(MT_G, mc - i0), wp, r, p0, p1, p0 == 0,
+                                           p1 == steps);
+                        }
                     }
-                    for (int p0 = 0; p0 < steps; p0 += KB) {
-                        const int p1 = imin(steps, p0 + KB);
-                        for (int i0 = 0; i0 < mc; i0 += MT_G)
-                            gemm_tiles(C + (size_t)i0 * NC + j0, NC, st + (size_t)i0 * RG * VW, Ap + (size_t)i0 * kp,
-                                       imin(MT_G, mc - i0), wp, r, p0, p1, p0 == 0, p1 == steps);
-                    }
+                    if (accum || ws || b || (flags & tg::GELU))
+                        for (int m = 0; m < mc; m++)
+                            epilogue(out + (int64_t)(m0 + m) * N + n0, C + (size_t)m * ldc, ws ? ws + n0 : nullptr,
+                                     b ? b + n0 : nullptr, nc, flags);
                 }
-                for (int m = 0; m < mc; m++)
-                    epilogue(out + (int64_t)(m0 + m) * N + n0, C + (size_t)m * NC, ws ? ws + n0 : nullptr,
-                             b ? b + n0 : nullptr, nc, flags);
             }
         }
     }

@@ -2,6 +2,14 @@
 // (AVX-512 / AVX2+FMA+F16C / SSE2 / portable scalar). Everything lives in the TU's TG_ISA_NS namespace so no
 // wide instruction can leak into another level's code through a shared inline symbol.
 #pragma once
+// Full unrolling of a loop over a register tile (a compile-time count): GCC keeps an array of accumulators in
+// registers only when its loops are unrolled before scalar replacement; otherwise it builds the array on the stack
+// and copies it in and out of registers around the k loop (24 vector stores and loads per tile, each end).
+#if defined(__clang__)
+#define TG_UNROLL _Pragma("unroll")
+#else
+#define TG_UNROLL _Pragma("GCC unroll 64")
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstring>

@@ -208,22 +208,22 @@ inline void pack_a(float* Ap, const float* A, int mt, int K) {
     }
 }
 
-// tile's arithmetic on packed operands over steps [p0, p1): the accumulators start from zero (FIRST) or from
-// st, and end in st, or (FIN) reduced into C[i * ldc + j] = hsum(acc[i][j]). Storing a vector accumulator and
+// tile's arithmetic on packed operands over steps [p0, p1): the accumulators start from zero (first) or from
+// st, and end in st, or (fin) reduced into C[i * ldc + j] = hsum(acc[i][j]). Storing a vector accumulator and
 // loading it back is exact, so blocking K changes nothing. st: [MT][R][VW]; ap: [step][MT][VW]; wp: [step][rw][VW].
-// (FIRST and FIN are template arguments so that the accumulators stay in registers from start to end: with
-// run-time flags GCC built them on the stack and copied them in and out, ~10% of a K = 768 GEMM.)
-template <int MT, int R, bool FIRST, bool FIN>
-void gemm_tile(float* C, int ldc, float* st, const float* ap, const float* wp, int rw, int p0, int p1) {
+template <int MT, int R>
+static inline __attribute__((always_inline)) void gemm_tile_body(float* C, int ldc, float* st, const float* ap,
+                                                                 const float* wp, int rw, int p0, int p1, bool first,
+                                                                 bool fin) {
     V acc[MT][R];
     TG_UNROLL for (int i = 0; i < MT; i++)
-        TG_UNROLL for (int j = 0; j < R; j++) acc[i][j] = FIRST ? vzero() : vload(st + (i * R + j) * VW);
+        TG_UNROLL for (int j = 0; j < R; j++) acc[i][j] = first ? vzero() : vload(st + (i * R + j) * VW);
     for (int p = p0; p < p1; p++) {
         const float* a = ap + (size_t)p * MT * VW;
         const float* w = wp + (size_t)p * rw * VW;
         step<DotF<float>, MT, R>(acc, [&](int i) { return vload(a + i * VW); }, [&](int j) { return vload(w + j * VW); });
     }
-    if (FIN) {
+    if (fin) {
         float s[MT * R];
         hsum_row<MT * R>(&acc[0][0], s);
         TG_UNROLL for (int i = 0; i < MT; i++)
@@ -234,13 +234,31 @@ void gemm_tile(float* C, int ldc, float* st, const float* ap, const float* wp, i
     }
 }
 
+// With AVX2 and up, one function per (first, fin): the accumulators then stay in registers from start to end (with
+// run-time flags GCC built them on the stack and copied them in and out around the k loop, ~6% of a K = 768
+// GEMM). At the portable level run-time flags: constant ones let GCC split its 4-float structs into scalar lanes
+// and the loop went scalar (51 -> 16 GFLOP/s).
+template <int MT, int R, bool FIRST, bool FIN>
+void gemm_tile(float* C, int ldc, float* st, const float* ap, const float* wp, int rw, int p0, int p1) {
+    gemm_tile_body<MT, R>(C, ldc, st, ap, wp, rw, p0, p1, FIRST, FIN);
+}
+template <int MT, int R>
+void gemm_tile_rt(float* C, int ldc, float* st, const float* ap, const float* wp, int rw, int p0, int p1, bool first,
+                  bool fin) {
+    gemm_tile_body<MT, R>(C, ldc, st, ap, wp, rw, p0, p1, first, fin);
+}
+
 template <int MT, int R>
 inline void gemm_tile_fl(float* C, int ldc, float* st, const float* ap, const float* wp, int rw, int p0, int p1,
                          bool first, bool fin) {
+#if defined(TG_AVX2)
     if (first && fin) gemm_tile<MT, R, true, true>(C, ldc, st, ap, wp, rw, p0, p1);
     else if (first) gemm_tile<MT, R, true, false>(C, ldc, st, ap, wp, rw, p0, p1);
     else if (fin) gemm_tile<MT, R, false, true>(C, ldc, st, ap, wp, rw, p0, p1);
     else gemm_tile<MT, R, false, false>(C, ldc, st, ap, wp, rw, p0, p1);
+#else
+    gemm_tile_rt<MT, R>(C, ldc, st, ap, wp, rw, p0, p1, first, fin);
+#endif
 }
 
 template <int MT>

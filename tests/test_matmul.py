@@ -174,6 +174,58 @@ def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
             at += n
 
 
+
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "int8"])
+def test_matmul_gemm_weight_chunks_and_concurrent_callers(kern, rng, wdtype):
+    """The prefill GEMM packs each thread's weight rows in chunks of up to 8 MB (here K = 4000: 512 rows, so 2
+    chunks per thread with 2 threads, 3 with 1) into a workspace kept per calling thread. Rows are the same bits
+    as each row alone (the small-M driver, no chunks), with 1 or 2 threads, and when three Python threads call at
+    once with different shapes (each its own workspace, grown and reused)."""
+    import threading
+    kern = _cpu_kern(kern)
+    from tinygpt import _cpu
+    M, N, K = 37, 1100, 4000
+    inp = rng.standard_normal((M, K)).astype(np.float32)
+    w, scale = make_weights(rng, (N, K), wdtype, 1 / math.sqrt(K))
+    b = rng.standard_normal(N).astype(np.float32)
+    kw = dict(wscale=scale) if scale is not None else {}
+
+    def run(x, flags=1):
+        out = np.zeros((len(x), N), np.float32)
+        kern.matmul(out, np.ascontiguousarray(x), w, b, flags=flags, wdtype=wdtype, **kw)
+        return out
+
+    full = run(inp)
+    assert rel_err(full, reference(inp, widen(w, wdtype, scale).astype(np.float64), b, 1, full)) <= 3e-5
+    for m in (0, 17, 36):
+        np.testing.assert_array_equal(run(inp[m:m + 1])[0], full[m], err_msg=f"row {m} alone")
+    before = _cpu.get_num_threads()
+    _cpu.set_num_threads(1)
+    try:
+        np.testing.assert_array_equal(run(inp), full)
+    finally:
+        _cpu.set_num_threads(before)
+    # concurrent callers: 20, 37 and 30 rows, several times each, against the single-threaded results
+    jobs = [inp[:20], inp, inp[7:]]
+    want = [full[:20], full, full[7:]]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                if not np.array_equal(run(jobs[i]), want[i]):
+                    errors.append(f"caller {i}: different bits")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"caller {i}: {e!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 _TEAM_SCRIPT = """
 import sys, numpy as np
 from tinygpt import _cpu
@@ -194,8 +246,10 @@ np.save(sys.argv[1], np.concatenate(res))
 
 def test_matmul_cpu_team_smaller_than_asked(tmp_path):
     """OpenMP may run a region with fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC, a nested region):
-    each thread then takes a longer range of columns than the per-thread buffers were sized for from the asked
-    count (the fp32 GEMM's kept weight copy: without its guard this fails), and the values are the same bits."""
+    each thread then takes a longer range of columns than a split over the asked count would give it. Per-thread
+    buffers must not be sized from that split (an earlier fp32 GEMM kept a copy of its range's weights sized so,
+    and this test failed; now a thread packs its range in chunks of a fixed size), and the values are the same
+    bits."""
     pytest.importorskip("tinygpt._cpu", reason="C++ backend not built")
     import os
     import subprocess

@@ -17,8 +17,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <stdexcept>
+#include <vector>
 
 #include "matmul.h"
 #include "simd.h"
@@ -145,26 +147,55 @@ struct FloatScratch {  // per-call scratch, allocated outside parallel regions s
     ~FloatScratch() { std::free(p); }
 };
 
-// The prefill GEMM's scratch (packed A block and weight chunk, up to ~18 MB), kept per calling thread and grown
-// when a call needs more: allocating it per call returned it to the kernel and page-faulted it back in on the
-// next call, which cost up to ~30% of a T = 512 GEMM.
-float* gemm_workspace(size_t n) {
-    struct Ws {
+// The prefill GEMM's scratch (packed A blocks and weight chunks, up to ~9 MB per thread), leased from a small
+// pool for the call. Allocating it per call gave it back to the kernel, which page-faulted it in again on the next
+// call: up to ~30% of a T = 512 GEMM. The pool keeps at most two idle buffers (two callers at once each keep
+// theirs; more get fresh ones), so the memory kept does not grow with the number of calling threads.
+class GemmWorkspace {
+  public:
+    explicit GemmWorkspace(size_t n) {
+        {
+            std::lock_guard<std::mutex> lock(pool().mu);
+            if (!pool().idle.empty()) buf_ = pool().idle.back(), pool().idle.pop_back();
+        }
+        if (buf_.n < n) {
+            std::free(buf_.p);
+            buf_ = {};
+            buf_.p = (float*)std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+            if (!buf_.p) throw std::bad_alloc();
+            buf_.n = n;
+        }
+        p = buf_.p;
+    }
+    ~GemmWorkspace() {
+        std::lock_guard<std::mutex> lock(pool().mu);
+        if (pool().idle.size() < 2)
+            pool().idle.push_back(buf_);
+        else
+            std::free(buf_.p);
+    }
+    GemmWorkspace(const GemmWorkspace&) = delete;
+    GemmWorkspace& operator=(const GemmWorkspace&) = delete;
+    float* p;
+
+  private:
+    struct Buf {
         float* p = nullptr;
         size_t n = 0;
-        ~Ws() { std::free(p); }
     };
-    static thread_local Ws ws;
-    if (n > ws.n) {
-        std::free(ws.p);
-        ws.n = 0;
-        const size_t bytes = (n * sizeof(float) + (2u << 20) - 1) / (2u << 20) * (2u << 20);
-        ws.p = (float*)std::aligned_alloc(2u << 20, bytes);
-        if (!ws.p) throw std::bad_alloc();
-        ws.n = n;
+    struct Pool {
+        std::mutex mu;
+        std::vector<Buf> idle;
+        ~Pool() {
+            for (Buf& b : idle) std::free(b.p);
+        }
+    };
+    static Pool& pool() {
+        static Pool pool;
+        return pool;
     }
-    return ws.p;
-}
+    Buf buf_;
+};
 
 // The arithmetic of a dot product, by operand types. Float activations, weights WT widened to float (exact):
 // steps of VW k's, one FMA per step.
@@ -308,7 +339,8 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
     const int wrows = imin(CH, (N + RG - 1) / RG * RG);  // the packed chunk's rows (no chunk is longer)
     const bool accum = flags & tg::ACCUM;  // (otherwise the sums go straight into out, the epilogue in place)
     const size_t per_thread = (accum ? (size_t)MC * NC : 0) + (size_t)MC * kp + (size_t)wrows * kp + (size_t)MC * RG * VW;
-    float* scratch = gemm_workspace(per_thread * nt);
+    GemmWorkspace ws_(per_thread * nt);
+    float* scratch = ws_.p;
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();

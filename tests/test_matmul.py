@@ -178,9 +178,9 @@ def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
 @pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "int8"])
 def test_matmul_gemm_weight_chunks_and_concurrent_callers(kern, rng, wdtype):
     """The prefill GEMM packs each thread's weight rows in chunks of up to 8 MB (here K = 4000: 512 rows, so 2
-    chunks per thread with 2 threads, 3 with 1) into a workspace kept per calling thread. Rows are the same bits
-    as each row alone (the small-M driver, no chunks), with 1 or 2 threads, and when three Python threads call at
-    once with different shapes (each its own workspace, grown and reused)."""
+    chunks per thread with 2 threads, 3 with 1), in a workspace leased for the call from a small pool. Rows are the
+    same bits as each row alone (the small-M driver, no chunks), with 1 or 2 threads, and when three Python threads
+    call at once with different shapes (each with its own lease; the pool keeps two idle buffers)."""
     import threading
     kern = _cpu_kern(kern)
     from tinygpt import _cpu

@@ -153,10 +153,17 @@ struct FloatScratch {  // per-call scratch, allocated outside parallel regions s
 // theirs; more get fresh ones), so the memory kept does not grow with the number of calling threads.
 class GemmWorkspace {
   public:
-    explicit GemmWorkspace(size_t n) {
-        {
+    explicit GemmWorkspace(size_t n) : p(nullptr) {
+        if (n == 0) return;
+        {  // the smallest idle buffer that is large enough, else the largest (to be replaced)
             std::lock_guard<std::mutex> lock(pool().mu);
-            if (!pool().idle.empty()) buf_ = pool().idle.back(), pool().idle.pop_back();
+            std::vector<Buf>& idle = pool().idle;
+            auto better = [n](const Buf& a, const Buf& b) {
+                if ((a.n >= n) != (b.n >= n)) return a.n >= n;
+                return a.n >= n ? a.n < b.n : a.n > b.n;
+            };
+            auto it = std::min_element(idle.begin(), idle.end(), better);
+            if (it != idle.end()) buf_ = *it, idle.erase(it);
         }
         if (buf_.n < n) {
             std::free(buf_.p);
@@ -168,6 +175,7 @@ class GemmWorkspace {
         p = buf_.p;
     }
     ~GemmWorkspace() {
+        if (!buf_.p) return;
         std::lock_guard<std::mutex> lock(pool().mu);
         if (pool().idle.size() < 2)
             pool().idle.push_back(buf_);

@@ -10,7 +10,8 @@
 // batch of 8 reads each weight once. The prefill GEMM computes the same thing on packed operands (gemm_tile).
 // The order differs between ISA levels (lane count), not within one.
 // Small M (decode): each thread walks S distant parts of its rows in lockstep (S DRAM streams), every weight
-// read once for up to MT_MAX rows. Larger M (prefill): A in L2-sized blocks of rows, W in L1-sized groups of rows.
+// read once for up to MT_MAX rows. Larger M (prefill): A in L2-sized blocks of rows, W in L1-sized groups of rows,
+// each thread's weights packed once per call in L3-sized chunks.
 #include "omp_compat.h"
 
 #include <algorithm>
@@ -77,7 +78,7 @@ static inline float hsum(V v) {
 
 // out[i] = hsum(v[i]) for 4 vectors at once, bit for bit (the same pairs added in the same tree, transposed:
 // ~13 instructions instead of ~32 on AVX-512).
-static inline void hsum4(const V* v, float* out) {
+static inline __attribute__((always_inline)) void hsum4(const V* v, float* out) {
 #if defined(TG_AVX512) && !defined(TG_SIMDE_AVX512)  // (SIMDe 0.7 lacks some of these: the plain tree there)
     const V s01 = vadd(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0)),
                        _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2)));  // j + j + 8
@@ -96,7 +97,7 @@ static inline void hsum4(const V* v, float* out) {
 
 // s[j] = hsum(acc[j]) for R accumulators, 4 at a time where possible (the same bits either way).
 template <int R>
-static inline void hsum_row(const V* acc, float* s) {
+static inline __attribute__((always_inline)) void hsum_row(const V* acc, float* s) {
     constexpr int R4 = R / 4 * 4;
     TG_UNROLL for (int j = 0; j < R4; j += 4) hsum4(acc + j, s + j);
     TG_UNROLL for (int j = R4; j < R; j++) s[j] = hsum(acc[j]);
@@ -347,8 +348,8 @@ void gemm(float* out, const float* A, const WT* W, const float* ws, const float*
     const int wrows = imin(CH, (N + RG - 1) / RG * RG);  // the packed chunk's rows (no chunk is longer)
     const bool accum = flags & tg::ACCUM;  // (otherwise the sums go straight into out, the epilogue in place)
     const size_t per_thread = (accum ? (size_t)MC * NC : 0) + (size_t)MC * kp + (size_t)wrows * kp + (size_t)MC * RG * VW;
-    GemmWorkspace ws_(per_thread * nt);
-    float* scratch = ws_.p;
+    GemmWorkspace lease(per_thread * nt);
+    float* scratch = lease.p;
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();

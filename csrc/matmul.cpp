@@ -487,25 +487,30 @@ void matmul_bh(float* out, const float* inp, const bf16_t* W, const float* b, in
     // thread is free (block-major, so both threads share a block). Static halves per block left threads waiting
     // at barriers: a 1024-token forward took ~501 ms against ~483 (2 threads, Zen 5; the fp32 GEMM's 256-column
     // chunks gained nothing, so it keeps its static halves). Within a task, tiles of A rows meet L2-sized parts of
-    // the chunk (gemm_block_range); for long rows (K > 5120) weight groups meet the tiles of A (gemm_small_range).
-    // Any split and either order give the same bits.
+    // the chunk (gemm_block_range), in k-blocks for long rows (gemm_kblock_range, K > 1536: 1024 rows, 2 threads,
+    // Zen 5, with accumulate, GFLOP/s against whole rows: K = 3072 ~500 -> ~600, K = 5120 ~527 -> ~690, K = 6400
+    // ~530 -> ~590, where whole rows had taken gemm_small_range's order). Any split and order give the same bits.
     const int nt = small_m_threads(N);
     const int MB = imax(MT_MAX, (128 * 1024 / imax(1, K)) / MT_MAX * MT_MAX);
     const int CH = imax(G, (N + 4 * nt - 1) / (4 * nt) / G * G);  // ~4 chunks per thread and block
     const int nb = (M + MB - 1) / MB, nc = (N + CH - 1) / CH;
-    FloatScratch scratch(flags & tg::ACCUM ? (size_t)MB * CH * nt : 0);
+    const bool kblock = K > bh::KBLK;
+    const size_t st_n = kblock ? (size_t)bh::block_part_rows<DotBH>(K) * MT_MAX * VW : 0;  // k-block accumulators
+    const size_t acc_n = flags & tg::ACCUM ? (size_t)MB * CH : 0;
+    FloatScratch scratch((acc_n + st_n) * nt);
 #pragma omp parallel num_threads(nt)
     {
-        float* sc = flags & tg::ACCUM ? scratch.p + (size_t)MB * CH * omp_get_thread_num() : nullptr;
+        float* sc = scratch.p + (acc_n + st_n) * omp_get_thread_num();
+        float* st = sc + acc_n;
 #pragma omp for schedule(dynamic, 1)
         for (int t = 0; t < nb * nc; t++) {
             const int m0 = t / nc * MB, n0 = t % nc * CH;
-            if (bh::block_tile_rows<DotBH>(K) >= 4)
+            if (kblock)
+                bh::gemm_kblock_range<DotBH>(out + (int64_t)m0 * N, A + (int64_t)m0 * K, W, b, imin(MB, M - m0), N,
+                                             K, flags, n0, imin(N, n0 + CH), sc, st);
+            else
                 bh::gemm_block_range<DotBH>(out + (int64_t)m0 * N, A + (int64_t)m0 * K, W, b, imin(MB, M - m0), N, K,
                                             flags, n0, imin(N, n0 + CH), sc);
-            else
-                bh::gemm_small_range<DotBH>(out + (int64_t)m0 * N, A + (int64_t)m0 * K, W, nullptr, b, imin(MB, M - m0),
-                                            N, K, flags, n0, imin(N, n0 + CH), sc);
         }
     }
 }

@@ -175,7 +175,6 @@ def test_matmul_rows_bitwise_invariant(kern, rng, N, K, wdtype, flags, bias):
             at += n
 
 
-
 @pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "int8"])
 def test_matmul_gemm_weight_chunks_and_concurrent_callers(kern, rng, wdtype):
     """The prefill GEMM packs each thread's weight rows in chunks of up to 8 MB (here K = 4000: 512 rows, so 2

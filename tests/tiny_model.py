@@ -112,10 +112,15 @@ def write_hf_dir(out: Path, cfg: dict | None = None, seed: int = 0, *, prefix: s
             weight_map.update({k: fname for k in part})
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     if vocab:
-        v = vocab_dir()
-        shutil.copyfile(v / "encoder.json", out / "vocab.json")
-        shutil.copyfile(v / "vocab.bpe", out / "merges.txt")
+        copy_vocab(out)
     return out
+
+
+def copy_vocab(out: Path) -> None:
+    """The GPT-2 vocabulary files (vocab.json, merges.txt) into a checkpoint folder."""
+    v = vocab_dir()
+    shutil.copyfile(v / "encoder.json", out / "vocab.json")
+    shutil.copyfile(v / "vocab.bpe", out / "merges.txt")
 
 
 def log_softmax64(x) -> np.ndarray:
@@ -129,9 +134,7 @@ def save_hf_model(model, out: Path) -> Path:
     """A transformers model saved as safetensors, with the GPT-2 vocabulary files beside it."""
     out = Path(out)
     model.save_pretrained(out, safe_serialization=True)
-    v = vocab_dir()
-    shutil.copyfile(v / "encoder.json", out / "vocab.json")
-    shutil.copyfile(v / "vocab.bpe", out / "merges.txt")
+    copy_vocab(out)
     return out
 
 
